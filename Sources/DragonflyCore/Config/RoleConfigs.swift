@@ -1,0 +1,234 @@
+/// Logging settings shared by every role.
+package struct LogConfig: Codable, Sendable, Equatable {
+    /// Minimum level written to stderr (logfmt).
+    package var level: LogLevelName = .info
+    package init() {}
+}
+
+// MARK: - Daemon and cdn
+
+/// Configuration of `dragonfly daemon` and `dragonfly cdn` (the same keys; the cdn is the daemon in seed mode).
+package struct DaemonConfig: RoleConfiguration {
+    /// Identity this host announces.
+    package struct HostConfig: Codable, Sendable, Equatable {
+        /// Host name announced to the scheduler; empty means the system host name.
+        package var hostname: String = ""
+        /// IP announced to others; empty means the peer listener's address (first non-loopback one on a wildcard).
+        package var advertiseIP: String = ""
+        /// Data-centre tag used for affinity.
+        package var idc: String = ""
+        /// Location `a|b|c` used for affinity by prefix.
+        package var location: String = ""
+        package init() {}
+    }
+
+    /// Listener addresses; port 0 binds any free port.
+    package struct ListenConfig: Codable, Sendable, Equatable {
+        package var peer = ListenAddress(host: "0.0.0.0", port: 4000)
+        package var proxy = ListenAddress(host: "0.0.0.0", port: 4001)
+        package var metrics = ListenAddress(host: "0.0.0.0", port: 4002)
+        package var health = ListenAddress(host: "0.0.0.0", port: 4003)
+        package var piece = ListenAddress(host: "0.0.0.0", port: 4005)
+        package init() {}
+    }
+
+    /// How the daemon finds schedulers.
+    package struct SchedulerClientConfig: Codable, Sendable, Equatable {
+        /// Scheduler gRPC addresses `host:port`; the task ID picks one by consistent hashing.
+        package var addresses: [String] = []
+        /// Manager gRPC address that supplies the scheduler list; empty means none.
+        package var manager: String = ""
+        /// How often the host is announced to its scheduler.
+        package var announceInterval: ConfigDuration = .seconds(30)
+        /// How long start-up waits for a scheduler before becoming ready anyway.
+        package var readyTimeout: ConfigDuration = .seconds(10)
+        package init() {}
+    }
+
+    /// Download behaviour.
+    package struct DownloadConfig: Codable, Sendable, Equatable {
+        /// Pieces in flight per task.
+        package var concurrentPieces: Int = 16
+        /// Concurrent range requests to the origin per task.
+        package var originConnections: Int = 4
+        /// Attempts per piece before giving up on it.
+        package var pieceRetryLimit: Int = 5
+        /// Never read the origin, even when no peer can serve.
+        package var disableBackToSource: Bool = false
+        /// Download rate limit per daemon in bytes/s; 0 means unlimited.
+        package var rateLimit: ByteSize = .zero
+        package init() {}
+    }
+
+    /// Upload (piece serving) behaviour.
+    package struct UploadConfig: Codable, Sendable, Equatable {
+        /// Concurrent piece uploads before answering 429.
+        package var slots: Int = 32
+        /// Upload rate limit in bytes/s; 0 means unlimited.
+        package var rateLimit: ByteSize = .zero
+        package init() {}
+    }
+
+    /// Local cache.
+    package struct StorageConfig: Codable, Sendable, Equatable {
+        /// Storage medium plugin name (`disk` or `memory`).
+        package var medium: String = "disk"
+        /// Tasks not accessed for this long are evicted.
+        package var taskTTL: ConfigDuration = .hours(6)
+        /// How often garbage collection runs.
+        package var gcInterval: ConfigDuration = .minutes(1)
+        /// Start evicting when our bytes exceed this percentage of the disk or quota.
+        package var highWatermark: Int = 80
+        /// Evict until our bytes are under this percentage.
+        package var lowWatermark: Int = 60
+        /// Byte quota for the cache; 0 means the size of the disk holding the data dir.
+        package var quota: ByteSize = .zero
+        package init() {}
+    }
+
+    package var log = LogConfig()
+    /// Data directory; empty means `/var/lib/dragonfly/daemon` (`…/seed` for the cdn) as root, else
+    /// `~/.dragonfly/daemon` (`…/seed`).
+    package var dataDir: String = ""
+    /// Local API unix socket; empty means `/var/run/dragonfly/dfdaemon.sock` (`seed.sock` for the cdn) as root,
+    /// else under `$XDG_RUNTIME_DIR/dragonfly/`.
+    package var socket: String = ""
+    package var host = HostConfig()
+    package var listen = ListenConfig()
+    package var scheduler = SchedulerClientConfig()
+    package var download = DownloadConfig()
+    package var upload = UploadConfig()
+    package var storage = StorageConfig()
+    /// Exit after this long without work (auto-started daemons); 0 means never.
+    package var idleExit: ConfigDuration = .zero
+
+    package init() {}
+
+    package func validate() throws(DragonflyError) {
+        let v = ConfigValidator()
+        try v.require(host.location.isEmpty || !host.location.split(separator: "|", omittingEmptySubsequences: false).contains(where: \.isEmpty), "host.location", "'\(host.location)' must be of the form a|b|c")
+        for (index, address) in scheduler.addresses.enumerated() {
+            try v.require(ListenAddress(parsing: address) != nil, "scheduler.addresses[\(index)]", "'\(address)' is not host:port")
+        }
+        try v.require(scheduler.manager.isEmpty || ListenAddress(parsing: scheduler.manager) != nil, "scheduler.manager", "'\(scheduler.manager)' is not host:port")
+        try v.require(scheduler.announceInterval.milliseconds > 0, "scheduler.announceInterval", "must be positive")
+        try v.require((1...1024).contains(download.concurrentPieces), "download.concurrentPieces", "must be 1-1024")
+        try v.require((1...64).contains(download.originConnections), "download.originConnections", "must be 1-64")
+        try v.require((0...100).contains(download.pieceRetryLimit), "download.pieceRetryLimit", "must be 0-100")
+        try v.require((1...4096).contains(upload.slots), "upload.slots", "must be 1-4096")
+        try v.require(["disk", "memory"].contains(storage.medium), "storage.medium", "'\(storage.medium)' is not a storage medium (disk, memory)")
+        try v.require(storage.gcInterval.milliseconds > 0, "storage.gcInterval", "must be positive")
+        try v.require((1...100).contains(storage.highWatermark), "storage.highWatermark", "must be 1-100")
+        try v.require((0...100).contains(storage.lowWatermark) && storage.lowWatermark <= storage.highWatermark, "storage.lowWatermark", "must be 0-100 and not above storage.highWatermark")
+    }
+}
+
+// MARK: - Scheduler
+
+/// Configuration of `dragonfly scheduler`.
+package struct SchedulerConfig: RoleConfiguration {
+    /// Connection to the manager.
+    package struct ManagerClientConfig: Codable, Sendable, Equatable {
+        /// Manager gRPC address; empty means run without a manager.
+        package var address: String = ""
+        /// Keep-alive period towards the manager.
+        package var keepAliveInterval: ConfigDuration = .seconds(5)
+        package init() {}
+    }
+
+    /// Parent selection.
+    package struct SchedulingConfig: Codable, Sendable, Equatable {
+        /// Scheduling strategy plugin name.
+        package var strategy: String = "default"
+        /// Peers of the task sampled as parent candidates.
+        package var candidateSampleLimit: Int = 40
+        /// Parents handed to a child.
+        package var parentLimit: Int = 8
+        /// Reschedules of one peer before it is told to go back to the origin.
+        package var retryLimit: Int = 5
+        /// Peers of a task allowed to read the origin at once: this many ...
+        package var backToSourceBase: Int = 1
+        /// ... plus one per this many peers.
+        package var backToSourcePeersPerExtra: Int = 100
+        package init() {}
+    }
+
+    /// Garbage collection of the in-memory resource model.
+    package struct GCConfig: Codable, Sendable, Equatable {
+        /// How often GC runs.
+        package var interval: ConfigDuration = .minutes(1)
+        /// Peers with no progress for this long are removed.
+        package var peerTTL: ConfigDuration = .minutes(30)
+        /// Hosts not announced for this long are removed.
+        package var hostTTL: ConfigDuration = .hours(1)
+        /// Tasks with no peer activity for this long are removed.
+        package var taskTTL: ConfigDuration = .hours(24)
+        /// Peers kept per task; finished leaves are evicted first.
+        package var maxPeersPerTask: Int = 1000
+        package init() {}
+    }
+
+    package var log = LogConfig()
+    /// gRPC listener of the Scheduler service.
+    package var listen = ListenAddress(host: "0.0.0.0", port: 8002)
+    /// `/metrics` and `/healthy` listener.
+    package var metricsListen = ListenAddress(host: "0.0.0.0", port: 8000)
+    /// IP announced to the manager; empty means the gRPC listener's address.
+    package var advertiseIP: String = ""
+    package var manager = ManagerClientConfig()
+    /// Seed peer (cdn) peer-service addresses known without the manager.
+    package var seedPeers: [String] = []
+    package var scheduling = SchedulingConfig()
+    package var gc = GCConfig()
+
+    package init() {}
+
+    package func validate() throws(DragonflyError) {
+        let v = ConfigValidator()
+        try v.require(manager.address.isEmpty || ListenAddress(parsing: manager.address) != nil, "manager.address", "'\(manager.address)' is not host:port")
+        for (index, address) in seedPeers.enumerated() {
+            try v.require(ListenAddress(parsing: address) != nil, "seedPeers[\(index)]", "'\(address)' is not host:port")
+        }
+        try v.require(!scheduling.strategy.isEmpty, "scheduling.strategy", "must name a strategy")
+        try v.require((1...1000).contains(scheduling.candidateSampleLimit), "scheduling.candidateSampleLimit", "must be 1-1000")
+        try v.require((1...64).contains(scheduling.parentLimit), "scheduling.parentLimit", "must be 1-64")
+        try v.require(scheduling.backToSourceBase >= 1, "scheduling.backToSourceBase", "must be at least 1")
+        try v.require(scheduling.backToSourcePeersPerExtra >= 1, "scheduling.backToSourcePeersPerExtra", "must be at least 1")
+        try v.require(gc.interval.milliseconds > 0, "gc.interval", "must be positive")
+        try v.require((1...1_000_000).contains(gc.maxPeersPerTask), "gc.maxPeersPerTask", "must be 1-1000000")
+    }
+}
+
+// MARK: - Manager
+
+/// Configuration of `dragonfly manager`.
+package struct ManagerConfig: RoleConfiguration {
+    /// Keep-alive of registered schedulers and seed peers.
+    package struct KeepAliveConfig: Codable, Sendable, Equatable {
+        /// Expected keep-alive period.
+        package var interval: ConfigDuration = .seconds(5)
+        /// A member with no keep-alive for this long is inactive.
+        package var timeout: ConfigDuration = .seconds(15)
+        package init() {}
+    }
+
+    package var log = LogConfig()
+    /// REST API, console, `/healthy` and `/metrics`.
+    package var listen = ListenAddress(host: "0.0.0.0", port: 8080)
+    /// gRPC Manager service.
+    package var grpcListen = ListenAddress(host: "0.0.0.0", port: 65003)
+    /// Data directory; empty means `/var/lib/dragonfly/manager` as root, else `~/.dragonfly/manager`.
+    package var dataDir: String = ""
+    /// Database URL; empty means SQLite in the data dir, `postgres://user@host:port/db` for replicas.
+    package var database: String = ""
+    package var keepAlive = KeepAliveConfig()
+
+    package init() {}
+
+    package func validate() throws(DragonflyError) {
+        let v = ConfigValidator()
+        try v.require(database.isEmpty || database.hasPrefix("postgres://") || database.hasPrefix("postgresql://") || database.hasPrefix("sqlite://"), "database", "'\(database)' must be empty (SQLite), sqlite://PATH or postgres://…")
+        try v.require(keepAlive.interval.milliseconds > 0, "keepAlive.interval", "must be positive")
+        try v.require(keepAlive.timeout > keepAlive.interval, "keepAlive.timeout", "must be longer than keepAlive.interval")
+    }
+}

@@ -1,0 +1,20 @@
+package import DragonflyCore
+package import DragonflyTelemetry
+package import Logging
+import ServiceLifecycle
+
+/// Builds the services of `dragonfly manager`: the REST/console listener (with `/healthy` and `/metrics`) and
+/// the gRPC Manager service. Takes the data-dir lock first, so a second manager on the same dir exits 1.
+package func makeManagerServices(
+    config: ManagerConfig,
+    telemetry: Telemetry,
+    logger: Logger
+) throws -> RoleServices {
+    let dataDirectory = RolePaths.resolve(config.dataDir, default: RolePaths.defaultDataDirectory(role: "manager"))
+    let lock = try DataDirectoryLock(directory: dataDirectory)
+    let http = HTTPListenerService.endpoints(name: "http", address: config.listen, telemetry: telemetry, logger: logger)
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: http)]
+    var listeners = [http.listener]
+    // GRPC-SLOT
+    return RoleServices(role: "manager", services: services, listeners: listeners, retained: [lock])
+}

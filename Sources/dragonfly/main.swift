@@ -1,0 +1,3 @@
+import DragonflyCLI
+
+await DragonflyMain.main()
