@@ -225,10 +225,9 @@ let package = Package(
         .target(
             name: "DragonflyTestSupport",
             dependencies: [
+                "DragonflyCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Subprocess", package: "swift-subprocess"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -303,12 +302,22 @@ let package = Package(
         ),
         .testTarget(
             name: "DragonflyTestSupportTests",
-            dependencies: ["DragonflyTestSupport", "DragonflyCore"],
+            dependencies: [
+                "DragonflyTestSupport", "DragonflyCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "DragonflyIntegrationTests",
-            dependencies: ["DragonflyTestSupport", "DragonflyCore"],
+            dependencies: [
+                "DragonflyTestSupport", "DragonflyCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

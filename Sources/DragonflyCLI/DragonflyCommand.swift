@@ -34,7 +34,9 @@ package struct RoleOptions: ParsableArguments {
 
     package func validate() throws {
         if let logLevel, LogLevelName(rawValue: logLevel) == nil {
-            throw ValidationError("--log-level '\(logLevel)' is not one of \(LogLevelName.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "--log-level '\(logLevel)' is not one of \(LogLevelName.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
     }
 
@@ -45,7 +47,8 @@ package struct RoleOptions: ParsableArguments {
         do {
             text = try readTextFile(path)
         } catch {
-            throw DragonflyError(code: .configuration, message: "cannot read configuration file \(path): \(error.message)")
+            throw DragonflyError(
+                code: .configuration, message: "cannot read configuration file \(path): \(error.message)")
         }
         return try ConfigLoader.load(C.self, yaml: text, source: path)
     }

@@ -20,7 +20,7 @@ package enum DragonflyMain {
             }
             exit(0)
         } catch let error as DragonflyError {
-            writeStderr("dragonfly: \(error.description)\n")
+            writeToStandardError("dragonfly: \(error.description)\n")
             exit(error.code.exitCode)
         } catch let error as ProcessExit {
             exit(error.code)
@@ -31,7 +31,7 @@ package enum DragonflyMain {
                 if !message.isEmpty { print(message) }
                 exit(0)
             }
-            if !message.isEmpty { writeStderr(message + "\n") }
+            if !message.isEmpty { writeToStandardError(message + "\n") }
             // ArgumentParser uses 64 (EX_USAGE) for usage and validation errors; DESIGN §15 says 2.
             exit(code == 64 ? 2 : code)
         }
@@ -42,17 +42,4 @@ package enum DragonflyMain {
 package struct ProcessExit: Error {
     package var code: Int32
     package init(code: Int32) { self.code = code }
-}
-
-/// Writes text to standard error without buffering.
-package func writeStderr(_ text: String) {
-    var bytes = Array(text.utf8)
-    bytes.withUnsafeMutableBytes { raw in
-        var offset = 0
-        while offset < raw.count, let base = raw.baseAddress {
-            let n = write(2, base + offset, raw.count - offset)
-            if n <= 0 { if errno == EINTR { continue } else { return } }
-            offset += n
-        }
-    }
 }

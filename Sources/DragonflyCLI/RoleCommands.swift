@@ -51,7 +51,9 @@ struct ManagerCommand: AsyncParsableCommand {
         if let database { config.database = database }
         if let dataDir { config.dataDir = dataDir }
         config.dataDir = RolePaths.resolve(config.dataDir, default: RolePaths.defaultDataDirectory(role: "manager"))
-        guard let (telemetry, logger) = try RoleLauncher.prepare(role: "manager", config: &config, logLevel: \.log.level, options: options)
+        guard
+            let (telemetry, logger) = try RoleLauncher.prepare(
+                role: "manager", config: &config, logLevel: \.log.level, options: options)
         else { return }
         let services = try makeManagerServices(config: config, telemetry: telemetry, logger: logger)
         try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)
@@ -77,10 +79,13 @@ struct SchedulerCommand: AsyncParsableCommand {
         if let metricsListen { config.metricsListen = metricsListen }
         if let manager { config.manager.address = manager }
         if !seedPeer.isEmpty { config.seedPeers = seedPeer }
-        guard let (telemetry, logger) = try RoleLauncher.prepare(role: "scheduler", config: &config, logLevel: \.log.level, options: options)
+        guard
+            let (telemetry, logger) = try RoleLauncher.prepare(
+                role: "scheduler", config: &config, logLevel: \.log.level, options: options)
         else { return }
         let registry = try makePluginRegistry()
-        let services = try makeSchedulerServices(config: config, registry: registry, telemetry: telemetry, logger: logger)
+        let services = try makeSchedulerServices(
+            config: config, registry: registry, telemetry: telemetry, logger: logger)
         try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)
     }
 }
@@ -112,7 +117,9 @@ struct DaemonOptions: ParsableArguments {
         if let healthListen { config.listen.health = healthListen }
         if let pieceListen { config.listen.piece = pieceListen }
         if let scheduler {
-            config.scheduler.addresses = scheduler.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty }
+            config.scheduler.addresses = scheduler.split(separator: ",").map { String($0).trimmingSpaces() }.filter {
+                !$0.isEmpty
+            }
         }
         if let manager { config.scheduler.manager = manager }
         if let idc { config.host.idc = idc }
@@ -128,10 +135,13 @@ struct DaemonOptions: ParsableArguments {
     func runDaemon(mode: DaemonMode, options: RoleOptions) async throws {
         var config = try options.loadConfiguration(DaemonConfig.self)
         apply(to: &config, role: mode.rawValue)
-        guard let (telemetry, logger) = try RoleLauncher.prepare(role: mode.rawValue, config: &config, logLevel: \.log.level, options: options)
+        guard
+            let (telemetry, logger) = try RoleLauncher.prepare(
+                role: mode.rawValue, config: &config, logLevel: \.log.level, options: options)
         else { return }
         let registry = try makePluginRegistry()
-        let services = try makeDaemonServices(config: config, mode: mode, registry: registry, telemetry: telemetry, logger: logger)
+        let services = try makeDaemonServices(
+            config: config, mode: mode, registry: registry, telemetry: telemetry, logger: logger)
         try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)
     }
 }

@@ -17,7 +17,8 @@ struct StatCommand: AsyncParsableCommand {
     @Argument(help: "The URL.") var url: String
     @Option(help: "Task tag.") var tag: String = ""
     @Option(help: "Task application.") var application: String = ""
-    @Option(help: "Query parameters left out of the task ID, '&'-separated (replaces the default list).") var filter: String?
+    @Option(help: "Query parameters left out of the task ID, '&'-separated (replaces the default list).") var filter:
+        String?
     @Option(help: "Fixed piece length (4M-64M, a power of two); changes the task ID.") var pieceLength: ByteSize?
     @Option(help: "Local daemon socket.") var socket: String?
 

@@ -24,8 +24,10 @@ package func makeDaemonServices(
     let socket = RolePaths.resolve(config.socket, default: RolePaths.defaultSocket(role: role))
     let lock = try DataDirectoryLock(directory: dataDirectory)
 
-    let metrics = HTTPListenerService.endpoints(name: "metrics", address: config.listen.metrics, telemetry: telemetry, logger: logger)
-    let health = HTTPListenerService.endpoints(name: "health", address: config.listen.health, telemetry: nil, logger: logger)
+    let metrics = HTTPListenerService.endpoints(
+        name: "metrics", address: config.listen.metrics, telemetry: telemetry, logger: logger)
+    let health = HTTPListenerService.endpoints(
+        name: "health", address: config.listen.health, telemetry: nil, logger: logger)
     let proxy = HTTPListenerService(name: "proxy", address: config.listen.proxy, logger: logger) { router in
         router.get("/healthy") { _, _ in "OK" }
     }
@@ -33,7 +35,8 @@ package func makeDaemonServices(
         router.get("/pieces/:task/:number") { _, context -> Response in
             let task = context.parameters.get("task") ?? ""
             guard TaskID(task) != nil else {
-                throw HTTPError(.badRequest, message: "'\(task.prefix(80))' is not a task ID (64 lowercase hex characters)")
+                throw HTTPError(
+                    .badRequest, message: "'\(task.prefix(80))' is not a task ID (64 lowercase hex characters)")
             }
             guard let number = context.parameters.get("number", as: Int.self), number >= 0 else {
                 throw HTTPError(.badRequest, message: "piece number must be a non-negative integer")

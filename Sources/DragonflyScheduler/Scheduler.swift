@@ -12,7 +12,8 @@ package func makeSchedulerServices(
 ) throws -> RoleServices {
     // Fail fast on a strategy name nobody registered.
     _ = try registry.strategy(named: config.scheduling.strategy)
-    let metrics = HTTPListenerService.endpoints(name: "metrics", address: config.metricsListen, telemetry: telemetry, logger: logger)
+    let metrics = HTTPListenerService.endpoints(
+        name: "metrics", address: config.metricsListen, telemetry: telemetry, logger: logger)
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: metrics)]
     var listeners = [metrics.listener]
     // GRPC-SLOT

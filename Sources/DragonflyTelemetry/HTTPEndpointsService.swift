@@ -31,7 +31,9 @@ package struct HTTPListenerService: Service {
     }
 
     /// `/healthy` (200 `OK`) and, when `telemetry` is given, `/metrics` (Prometheus text).
-    package static func endpoints(name: String, address: ListenAddress, telemetry: Telemetry?, logger: Logger) -> HTTPListenerService {
+    package static func endpoints(name: String, address: ListenAddress, telemetry: Telemetry?, logger: Logger)
+        -> HTTPListenerService
+    {
         HTTPListenerService(name: name, address: address, logger: logger) { router in
             addEndpoints(to: router, telemetry: telemetry)
         }
@@ -63,7 +65,8 @@ package struct HTTPListenerService: Service {
         do {
             try await app.run()
         } catch {
-            let failure = DragonflyError(code: .unavailable, message: "cannot listen on \(address) (\(listener.name) listener)", cause: error)
+            let failure = DragonflyError(
+                code: .unavailable, message: "cannot listen on \(address) (\(listener.name) listener)", cause: error)
             listener.fail(failure)
             throw failure
         }

@@ -1,3 +1,4 @@
+import DragonflyCore
 package import Logging
 
 #if canImport(Glibc)
@@ -26,25 +27,19 @@ package struct LogfmtLogHandler: LogHandler {
     package func log(event: LogEvent) {
         var merged = self.metadata
         if let extra = event.metadata { merged.merge(extra) { _, new in new } }
-        var line = "ts=\(Self.timestamp()) level=\(event.level) msg=\(Self.quote(event.message.description)) label=\(Self.quote(label))"
+        var line =
+            "ts=\(Self.timestamp()) level=\(event.level) msg=\(Self.quote(event.message.description)) label=\(Self.quote(label))"
         for key in merged.keys.sorted() {
             if let value = merged[key] { line += " \(key)=\(Self.quote(value.description))" }
         }
         line += "\n"
-        var bytes = Array(line.utf8)
-        bytes.withUnsafeMutableBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let n = write(2, raw.baseAddress! + offset, raw.count - offset)
-                if n <= 0 { if errno == EINTR { continue } else { return } }
-                offset += n
-            }
-        }
+        writeToStandardError(line)
     }
 
     /// Quotes a value when it contains spaces, quotes, `=` or control characters.
     package static func quote(_ value: String) -> String {
-        let needsQuotes = value.isEmpty || value.contains { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline || $0 == "\t" }
+        let needsQuotes =
+            value.isEmpty || value.contains { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline || $0 == "\t" }
         guard needsQuotes else { return value }
         var out = "\""
         for ch in value {

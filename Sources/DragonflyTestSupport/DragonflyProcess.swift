@@ -4,25 +4,10 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// The JSON a role writes to `--ready-file` once every listener is bound and it is ready (DESIGN §15), e.g.
-/// `{"role":"daemon","pid":12,"listeners":{"peer":"127.0.0.1:41234"},"socket":"/x.sock"}`.
-package struct ReadyFile: Sendable, Hashable, Codable {
-    /// `manager`, `scheduler`, `daemon` or `cdn`.
-    package var role: String
-    /// The process ID of the role.
-    package var pid: Int
-    /// Listener name (`peer`, `proxy`, `metrics`, `health`, `piece`, `grpc`, `http`) to `IP:port` as bound.
-    package var listeners: [String: String]
-    /// The daemon's Unix socket, if it has one.
-    package var socket: String?
+package import DragonflyCore
 
-    package init(role: String, pid: Int, listeners: [String: String], socket: String? = nil) {
-        self.role = role
-        self.pid = pid
-        self.listeners = listeners
-        self.socket = socket
-    }
-
+/// Test helpers on the ready file a role writes (``DragonflyCore/ReadyFile``, DESIGN §15).
+extension ReadyFile {
     /// Decodes a ready file's bytes.
     package init(json: some Collection<UInt8>) throws {
         self = try JSONDecoder().decode(ReadyFile.self, from: Data(json))

@@ -18,7 +18,9 @@ package struct AccessLogEntry: Sendable, Hashable, Decodable {
     package var range: String?
 
     private enum CodingKeys: String, CodingKey {
-        case method, uri, status, bytesSent = "bytes", range
+        case method, uri, status
+        case bytesSent = "bytes"
+        case range
     }
 
     package init(from decoder: any Decoder) throws {
@@ -128,7 +130,8 @@ package struct NginxOrigin: Sendable {
             } catch {
                 throw TestSupportError(
                     code: .commandFailed,
-                    message: "unexpected line in nginx access log \(accessLogPath): \(String(decoding: line, as: UTF8.self))",
+                    message:
+                        "unexpected line in nginx access log \(accessLogPath): \(String(decoding: line, as: UTF8.self))",
                     cause: error
                 )
             }
@@ -164,7 +167,8 @@ package func withNginxOrigin<Value>(
 ) async throws -> Value {
     let nginx = "/usr/sbin/nginx"
     guard isExecutableFile(nginx) else {
-        throw TestSupportError(code: .binaryNotFound, message: "\(nginx) not found; install it: apt-get install -y nginx")
+        throw TestSupportError(
+            code: .binaryNotFound, message: "\(nginx) not found; install it: apt-get install -y nginx")
     }
     let directory = try TemporaryDirectory(prefix: "dragonfly-test-nginx-")
     defer { directory.remove() }
@@ -200,13 +204,24 @@ package func withNginxOrigin<Value>(
             name: "nginx"
         ) { launched in
             var exited: ProcessExitStatus?
-            try await poll(every: .milliseconds(20), timeLimit: .seconds(20), description: "nginx on \(origin.authority)") {
-                if let status = try launched.child.exitStatus() {
-                    exited = status
-                    return true
+            do {
+                try await poll(
+                    every: .milliseconds(20), timeLimit: .seconds(20), description: "nginx on \(origin.authority)"
+                ) {
+                    if let status = try launched.child.exitStatus() {
+                        exited = status
+                        return true
+                    }
+                    guard readFileText(pidFile).trimmingWhitespace() == String(launched.child.pid) else {
+                        return false
+                    }
+                    return await isAcceptingConnections(host: origin.host, port: port)
                 }
-                guard readFileText(pidFile).trimmingWhitespace() == String(launched.child.pid) else { return false }
-                return await isAcceptingConnections(host: origin.host, port: port)
+            } catch let error as TestSupportError where error.code == .timedOut {
+                throw TestSupportError(
+                    code: .timedOut,
+                    message: "\(error.message); nginx error log:\n\(tail(origin.errorLog()))"
+                )
             }
             if let exited {
                 let errors = origin.errorLog() + launched.standardErrorText()

@@ -1,3 +1,6 @@
+import NIOCore
+import NIOPosix
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -5,9 +8,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-import NIOCore
-import NIOPosix
 
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.
 ///

@@ -89,7 +89,8 @@ struct PostgresBinaries: Sendable {
         } else {
             let base = "/usr/lib/postgresql"
             let versions = (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []
-            let candidates = versions
+            let candidates =
+                versions
                 .filter { isExecutableFile("\(base)/\($0)/bin/initdb") }
                 .sorted { versionComponents($0).lexicographicallyPrecedes(versionComponents($1)) }
             guard let highest = candidates.last else {
@@ -105,7 +106,8 @@ struct PostgresBinaries: Sendable {
         }
         var userSwitch: [String] = []
         if isRunningAsRoot {
-            guard let runuser = ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"].first(where: isExecutableFile)
+            guard
+                let runuser = ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"].first(where: isExecutableFile)
             else {
                 throw TestSupportError(
                     code: .binaryNotFound,
@@ -215,13 +217,15 @@ package func withPostgres<Value>(
     }
     throw TestSupportError(
         code: .portUnavailable,
-        message: "PostgreSQL could not bind a free port in \(maximumAttempts) attempts: \(failures.joined(separator: "; "))"
+        message:
+            "PostgreSQL could not bind a free port in \(maximumAttempts) attempts: \(failures.joined(separator: "; "))"
     )
 }
 
 /// `pg_ctl -m immediate -w stop`, in a task of its own so that it also runs when the caller is cancelled.
 private func stopPostgres(binaries: PostgresBinaries, dataDirectory: String) async {
-    let (pgCtl, arguments) = binaries.asOwner("pg_ctl", ["-D", dataDirectory, "-m", "immediate", "-w", "-t", "30", "stop"])
+    let (pgCtl, arguments) = binaries.asOwner(
+        "pg_ctl", ["-D", dataDirectory, "-m", "immediate", "-w", "-t", "30", "stop"])
     _ = await Task { try? await runCommand(pgCtl, arguments, timeLimit: .seconds(60)) }.value
 }
 

@@ -1,3 +1,4 @@
+import DragonflyCore
 import DragonflyTestSupport
 import Testing
 
@@ -118,7 +119,8 @@ import Musl
         try await withTemporaryDirectory { scripts in
             let script = try scripts.writeFile(
                 "dragonfly",
-                text: "#!/bin/sh\ncat\necho \"args: $*\"\necho \"env: $DF_TEST_VALUE\"\necho 'bad flag --nope' >&2\nexit 2\n",
+                text:
+                    "#!/bin/sh\ncat\necho \"args: $*\"\necho \"env: $DF_TEST_VALUE\"\necho 'bad flag --nope' >&2\nexit 2\n",
                 permissions: 0o755
             )
             let result = try await runDragonfly(
@@ -164,7 +166,8 @@ import Musl
 
     @Test func aMissingBinaryNextToTheTestsGivesAClearError() throws {
         let error = #expect(throws: TestSupportError.self) {
-            try DragonflyExecutable.locate(environment: [:], testExecutablePath: "/nonexistent/debug/pkgPackageTests.xctest")
+            try DragonflyExecutable.locate(
+                environment: [:], testExecutablePath: "/nonexistent/debug/pkgPackageTests.xctest")
         }
         #expect(error?.code == .binaryNotFound)
         #expect(error?.message.contains("/nonexistent/debug/dragonfly") == true)

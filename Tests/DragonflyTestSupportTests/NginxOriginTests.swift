@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import DragonflyTestSupport
-import NIOCore
+import NIOCore  // ByteBuffer (via AsyncHTTPClient)
+import NIOHTTP1  // HTTPHeaders, HTTPResponseStatus (via AsyncHTTPClient)
 import Testing
 
 @Suite(.serialized) struct NginxOriginTests {
@@ -34,7 +35,8 @@ import Testing
     func rangeGetReturns206AndIsLoggedWithItsBytes() async throws {
         try await withNginxOrigin { origin in
             try origin.writeFile("blob.bin", contents: Self.blob)
-            let (response, body) = try await Self.get(origin.url(for: "blob.bin"), headers: [("Range", "bytes=100-1123")])
+            let (response, body) = try await Self.get(
+                origin.url(for: "blob.bin"), headers: [("Range", "bytes=100-1123")])
             #expect(response.status.code == 206)
             #expect(body.count == 1024)
             #expect(body == Array(Self.blob[100...1123]))
@@ -74,7 +76,8 @@ import Testing
     func unsatisfiableRangeGives416AndRangeIgnoringLocationGives200() async throws {
         try await withNginxOrigin { origin in
             try origin.writeFile("dir/blob.bin", contents: Self.blob)
-            let (outside, _) = try await Self.get(origin.url(for: "dir/blob.bin"), headers: [("Range", "bytes=5000-6000")])
+            let (outside, _) = try await Self.get(
+                origin.url(for: "dir/blob.bin"), headers: [("Range", "bytes=5000-6000")])
             #expect(outside.status.code == 416)
             let (ignored, body) = try await Self.get(
                 origin.rangeIgnoringURL(for: "dir/blob.bin"),

@@ -7,7 +7,9 @@ import Testing
         let clock = ContinuousClock()
         let start = clock.now
         let error = await #expect(throws: TestSupportError.self) {
-            try await poll(every: .milliseconds(10), timeLimit: .milliseconds(150), description: "the moon to turn blue") {
+            try await poll(
+                every: .milliseconds(10), timeLimit: .milliseconds(150), description: "the moon to turn blue"
+            ) {
                 false
             }
         }

@@ -30,7 +30,9 @@ package enum ConfigLoader {
             if case .scalar(let scalar) = userNode, scalar.string.isEmpty || scalar.string == "~" {
                 return C()
             }
-            throw DragonflyError(code: .configuration, message: "invalid configuration in \(source): top level must be a mapping of keys")
+            throw DragonflyError(
+                code: .configuration, message: "invalid configuration in \(source): top level must be a mapping of keys"
+            )
         }
 
         let defaultNode = try node(of: C())
@@ -88,7 +90,9 @@ package enum ConfigLoader {
     }
 
     private static func isNull(_ node: Node) -> Bool {
-        if case .scalar(let scalar) = node, scalar.tag == Tag(.null) || (scalar.string.isEmpty && scalar.style == .plain) {
+        if case .scalar(let scalar) = node,
+            scalar.tag == Tag(.null) || (scalar.string.isEmpty && scalar.style == .plain)
+        {
             return true
         }
         return node.null != nil
@@ -169,7 +173,8 @@ package enum ConfigLoader {
             keyPath = "(unknown)"
             problem = "\(error)"
         }
-        return DragonflyError(code: .configuration, message: "invalid configuration in \(source) at '\(keyPath)': \(problem)")
+        return DragonflyError(
+            code: .configuration, message: "invalid configuration in \(source) at '\(keyPath)': \(problem)")
     }
 
     private static func typeName(_ type: Any.Type) -> String {
@@ -204,7 +209,9 @@ package struct ConfigValidator {
     package init() {}
 
     /// Throws a configuration error naming `keyPath` unless `condition` holds.
-    package func require(_ condition: Bool, _ keyPath: String, _ problem: @autoclosure () -> String) throws(DragonflyError) {
+    package func require(_ condition: Bool, _ keyPath: String, _ problem: @autoclosure () -> String)
+        throws(DragonflyError)
+    {
         if !condition { throw DragonflyError.configuration(keyPath: keyPath, problem()) }
     }
 }

@@ -106,20 +106,31 @@ package struct DaemonConfig: RoleConfiguration {
 
     package func validate() throws(DragonflyError) {
         let v = ConfigValidator()
-        try v.require(host.location.isEmpty || !host.location.split(separator: "|", omittingEmptySubsequences: false).contains(where: \.isEmpty), "host.location", "'\(host.location)' must be of the form a|b|c")
+        try v.require(
+            host.location.isEmpty
+                || !host.location.split(separator: "|", omittingEmptySubsequences: false).contains(where: \.isEmpty),
+            "host.location", "'\(host.location)' must be of the form a|b|c")
         for (index, address) in scheduler.addresses.enumerated() {
-            try v.require(ListenAddress(parsing: address) != nil, "scheduler.addresses[\(index)]", "'\(address)' is not host:port")
+            try v.require(
+                ListenAddress(parsing: address) != nil, "scheduler.addresses[\(index)]", "'\(address)' is not host:port"
+            )
         }
-        try v.require(scheduler.manager.isEmpty || ListenAddress(parsing: scheduler.manager) != nil, "scheduler.manager", "'\(scheduler.manager)' is not host:port")
+        try v.require(
+            scheduler.manager.isEmpty || ListenAddress(parsing: scheduler.manager) != nil, "scheduler.manager",
+            "'\(scheduler.manager)' is not host:port")
         try v.require(scheduler.announceInterval.milliseconds > 0, "scheduler.announceInterval", "must be positive")
         try v.require((1...1024).contains(download.concurrentPieces), "download.concurrentPieces", "must be 1-1024")
         try v.require((1...64).contains(download.originConnections), "download.originConnections", "must be 1-64")
         try v.require((0...100).contains(download.pieceRetryLimit), "download.pieceRetryLimit", "must be 0-100")
         try v.require((1...4096).contains(upload.slots), "upload.slots", "must be 1-4096")
-        try v.require(["disk", "memory"].contains(storage.medium), "storage.medium", "'\(storage.medium)' is not a storage medium (disk, memory)")
+        try v.require(
+            ["disk", "memory"].contains(storage.medium), "storage.medium",
+            "'\(storage.medium)' is not a storage medium (disk, memory)")
         try v.require(storage.gcInterval.milliseconds > 0, "storage.gcInterval", "must be positive")
         try v.require((1...100).contains(storage.highWatermark), "storage.highWatermark", "must be 1-100")
-        try v.require((0...100).contains(storage.lowWatermark) && storage.lowWatermark <= storage.highWatermark, "storage.lowWatermark", "must be 0-100 and not above storage.highWatermark")
+        try v.require(
+            (0...100).contains(storage.lowWatermark) && storage.lowWatermark <= storage.highWatermark,
+            "storage.lowWatermark", "must be 0-100 and not above storage.highWatermark")
     }
 }
 
@@ -185,15 +196,20 @@ package struct SchedulerConfig: RoleConfiguration {
 
     package func validate() throws(DragonflyError) {
         let v = ConfigValidator()
-        try v.require(manager.address.isEmpty || ListenAddress(parsing: manager.address) != nil, "manager.address", "'\(manager.address)' is not host:port")
+        try v.require(
+            manager.address.isEmpty || ListenAddress(parsing: manager.address) != nil, "manager.address",
+            "'\(manager.address)' is not host:port")
         for (index, address) in seedPeers.enumerated() {
-            try v.require(ListenAddress(parsing: address) != nil, "seedPeers[\(index)]", "'\(address)' is not host:port")
+            try v.require(
+                ListenAddress(parsing: address) != nil, "seedPeers[\(index)]", "'\(address)' is not host:port")
         }
         try v.require(!scheduling.strategy.isEmpty, "scheduling.strategy", "must name a strategy")
-        try v.require((1...1000).contains(scheduling.candidateSampleLimit), "scheduling.candidateSampleLimit", "must be 1-1000")
+        try v.require(
+            (1...1000).contains(scheduling.candidateSampleLimit), "scheduling.candidateSampleLimit", "must be 1-1000")
         try v.require((1...64).contains(scheduling.parentLimit), "scheduling.parentLimit", "must be 1-64")
         try v.require(scheduling.backToSourceBase >= 1, "scheduling.backToSourceBase", "must be at least 1")
-        try v.require(scheduling.backToSourcePeersPerExtra >= 1, "scheduling.backToSourcePeersPerExtra", "must be at least 1")
+        try v.require(
+            scheduling.backToSourcePeersPerExtra >= 1, "scheduling.backToSourcePeersPerExtra", "must be at least 1")
         try v.require(gc.interval.milliseconds > 0, "gc.interval", "must be positive")
         try v.require((1...1_000_000).contains(gc.maxPeersPerTask), "gc.maxPeersPerTask", "must be 1-1000000")
     }
@@ -227,8 +243,12 @@ package struct ManagerConfig: RoleConfiguration {
 
     package func validate() throws(DragonflyError) {
         let v = ConfigValidator()
-        try v.require(database.isEmpty || database.hasPrefix("postgres://") || database.hasPrefix("postgresql://") || database.hasPrefix("sqlite://"), "database", "'\(database)' must be empty (SQLite), sqlite://PATH or postgres://…")
+        try v.require(
+            database.isEmpty || database.hasPrefix("postgres://") || database.hasPrefix("postgresql://")
+                || database.hasPrefix("sqlite://"), "database",
+            "'\(database)' must be empty (SQLite), sqlite://PATH or postgres://…")
         try v.require(keepAlive.interval.milliseconds > 0, "keepAlive.interval", "must be positive")
-        try v.require(keepAlive.timeout > keepAlive.interval, "keepAlive.timeout", "must be longer than keepAlive.interval")
+        try v.require(
+            keepAlive.timeout > keepAlive.interval, "keepAlive.timeout", "must be longer than keepAlive.interval")
     }
 }

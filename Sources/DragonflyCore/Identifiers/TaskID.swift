@@ -15,7 +15,8 @@ package struct TaskID: Hashable, Sendable, Comparable, CustomStringConvertible, 
     /// Validates untrusted input, throwing `invalidArgument` with the reason.
     package static func validated(_ text: String) throws(DragonflyError) -> TaskID {
         guard let id = TaskID(text) else {
-            throw DragonflyError(code: .invalidArgument, message: "'\(text.prefix(80))' is not a task ID (64 lowercase hex characters)")
+            throw DragonflyError(
+                code: .invalidArgument, message: "'\(text.prefix(80))' is not a task ID (64 lowercase hex characters)")
         }
         return id
     }

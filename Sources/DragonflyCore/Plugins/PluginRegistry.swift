@@ -29,7 +29,8 @@ package final class PluginRegistry: Sendable {
             return nil
         }
         if let clash {
-            throw DragonflyError(code: .alreadyExists, message: "a source client for scheme '\(clash)' is already registered")
+            throw DragonflyError(
+                code: .alreadyExists, message: "a source client for scheme '\(clash)' is already registered")
         }
     }
 
@@ -55,7 +56,8 @@ package final class PluginRegistry: Sendable {
             return true
         }
         guard inserted else {
-            throw DragonflyError(code: .alreadyExists, message: "a scheduling strategy named '\(key)' is already registered")
+            throw DragonflyError(
+                code: .alreadyExists, message: "a scheduling strategy named '\(key)' is already registered")
         }
     }
 
@@ -72,14 +74,18 @@ package final class PluginRegistry: Sendable {
         let key = scheme.lowercased()
         if let client = state.withLock({ $0.sources[key] }) { return client }
         let known = sourceSchemes.joined(separator: ", ")
-        throw DragonflyError(code: .unimplemented, message: "unsupported URL scheme '\(key)' (supported: \(known.isEmpty ? "none" : known))")
+        throw DragonflyError(
+            code: .unimplemented,
+            message: "unsupported URL scheme '\(key)' (supported: \(known.isEmpty ? "none" : known))")
     }
 
     /// Makes the storage medium registered as `name`.
     package func makeMedium(named name: String, context: StorageMediumContext) throws -> any StorageMedium {
         let key = name.lowercased()
         guard let factory = state.withLock({ $0.media[key] }) else {
-            throw DragonflyError(code: .notFound, message: "no storage medium named '\(key)' (registered: \(mediumNames.joined(separator: ", ")))")
+            throw DragonflyError(
+                code: .notFound,
+                message: "no storage medium named '\(key)' (registered: \(mediumNames.joined(separator: ", ")))")
         }
         return try factory(context)
     }
@@ -88,7 +94,9 @@ package final class PluginRegistry: Sendable {
     package func strategy(named name: String) throws(DragonflyError) -> any SchedulingStrategy {
         let key = name.lowercased()
         guard let strategy = state.withLock({ $0.strategies[key] }) else {
-            throw DragonflyError(code: .notFound, message: "no scheduling strategy named '\(key)' (registered: \(strategyNames.joined(separator: ", ")))")
+            throw DragonflyError(
+                code: .notFound,
+                message: "no scheduling strategy named '\(key)' (registered: \(strategyNames.joined(separator: ", ")))")
         }
         return strategy
     }

@@ -114,3 +114,27 @@ extension SourceClient {
         throw DragonflyError(code: .unimplemented, message: "listing is not supported for \(request.url)")
     }
 }
+
+/// The cause of a ``DragonflyError/Code/originError`` when the origin answered with an error status.
+///
+/// Kept as data so the scheduler can broadcast it to the other peers of a task (`SourceError{status, headers}`)
+/// and the proxy can answer with the origin's own status and headers.
+package struct OriginResponseError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The HTTP status code (or the scheme's equivalent), e.g. `404`.
+    package var status: Int
+    /// The reason phrase, e.g. `Not Found`.
+    package var reason: String
+    /// The origin's response headers.
+    package var headers: [HeaderField]
+
+    package init(status: Int, reason: String, headers: [HeaderField] = []) {
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+    }
+
+    /// Whether retrying later may succeed: 408, 429 and 5xx.
+    package var isTemporary: Bool { status == 408 || status == 429 || (500...599).contains(status) }
+
+    package var description: String { "\(status) \(reason)" }
+}

@@ -7,7 +7,9 @@ import Darwin
 /// Whole-file writes that readers see either entirely or not at all.
 package enum AtomicFile {
     /// Writes `bytes` to a temporary file beside `path`, fsyncs it, and renames it over `path`.
-    package static func write(_ bytes: some Collection<UInt8>, to path: String, mode: UInt32 = 0o644) throws(DragonflyError) {
+    package static func write(_ bytes: some Collection<UInt8>, to path: String, mode: UInt32 = 0o644)
+        throws(DragonflyError)
+    {
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { String(path[..<$0]) } ?? "."
         let leaf = slash.map { String(path[path.index(after: $0)...]) } ?? path

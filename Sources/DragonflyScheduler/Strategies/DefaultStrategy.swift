@@ -18,7 +18,9 @@ package struct DefaultStrategy: SchedulingStrategy {
 
     /// Idle share of the announced transmit bandwidth when known, else the share of free upload slots.
     static func freeUpload(_ c: ParentCandidate) -> Double {
-        if c.maxTxBandwidth > 0 && c.idleTxBandwidth >= 0 && c.idleTxBandwidth <= c.maxTxBandwidth && c.idleTxBandwidth > 0 {
+        if c.maxTxBandwidth > 0 && c.idleTxBandwidth >= 0 && c.idleTxBandwidth <= c.maxTxBandwidth
+            && c.idleTxBandwidth > 0
+        {
             return Double(c.idleTxBandwidth) / Double(c.maxTxBandwidth)
         }
         guard c.uploadSlots > 0 else { return 0 }

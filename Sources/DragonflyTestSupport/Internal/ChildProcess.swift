@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -5,8 +7,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-import Synchronization
 
 // Why posix_spawn and not swift-subprocess: the launchers keep a child alive across a test's scope and need
 // to (a) look at its exit status while the scope is still running without reaping it, (b) signal it, and
@@ -94,7 +94,8 @@ final class ChildProcess: Sendable {
             guard let addChangeDirectory = GNUSpawnExtensions.addChangeDirectory else {
                 throw TestSupportError(
                     code: .systemCallFailed,
-                    message: "this C library cannot set a child's working directory (no posix_spawn_file_actions_addchdir_np)"
+                    message:
+                        "this C library cannot set a child's working directory (no posix_spawn_file_actions_addchdir_np)"
                 )
             }
             try check(addChangeDirectory(&fileActions, workingDirectory), "posix_spawn_file_actions_addchdir_np")
@@ -205,7 +206,11 @@ private func withCStringArray<Value>(
 ) throws -> Value {
     var pointers: [UnsafeMutablePointer<CChar>?] = []
     pointers.reserveCapacity(strings.count + 1)
-    defer { pointers.forEach { free($0) } }
+    defer {
+        for pointer in pointers {
+            free(pointer)
+        }
+    }
     for string in strings {
         guard let copy = strdup(string) else {
             throw systemCallFailure("strdup", "out of memory while preparing arguments")

@@ -26,7 +26,9 @@ struct LaunchedProcess: Sendable {
     /// Waits for the child to end and returns how it ended, without reaping it.
     func waitForExit(timeLimit: Duration) async throws -> ProcessExitStatus {
         var status: ProcessExitStatus?
-        try await poll(every: .milliseconds(10), timeLimit: timeLimit, description: "\(name) (pid \(child.pid)) to exit") {
+        try await poll(
+            every: .milliseconds(10), timeLimit: timeLimit, description: "\(name) (pid \(child.pid)) to exit"
+        ) {
             status = try child.exitStatus()
             return status != nil
         }
