@@ -110,23 +110,32 @@ for file in "$tmp"/raw/*.swift; do
 done
 [ "$generated" -gt 0 ] || die "protoc produced no Swift files"
 
-# Replace the previously generated files (recognised by their first line) with the new set.
-for file in "$out_dir"/*.pb.swift "$out_dir"/*.grpc.swift; do
-    [ -e "$file" ] || continue
-    if [ "$(head -n 1 "$file")" = "$header" ]; then
-        rm -f "$file"
-    fi
-done
-cp "$tmp"/out/*.swift "$out_dir"/
-
 # The fingerprint (recipe at the top of this file).
 {
-    for file in $(printf '%s\n' "${protos[@]}" | sort); do
+    while IFS= read -r file; do
         printf '%s\n' "$(basename "$file")"
         cat "$file"
-    done
+    done < <(printf '%s\n' "${protos[@]}" | sort)
     printf 'protoc-gen-swift %s\n' "$swift_protobuf_version"
     printf 'protoc-gen-grpc-swift-2 %s\n' "$grpc_protobuf_version"
-} | sha256sum | awk '{ print $1 }' >"$out_dir/proto.sha256"
+} | sha256sum | awk '{ print $1 }' >"$tmp/out/proto.sha256"
 
-say "wrote $generated Swift files and $out_dir/proto.sha256 ($(cat "$out_dir/proto.sha256"))"
+# Remove previously generated files (recognised by their first line) that protoc no longer produces.
+for file in "$out_dir"/*.pb.swift "$out_dir"/*.grpc.swift; do
+    [ -e "$file" ] || continue
+    if [ ! -e "$tmp/out/$(basename "$file")" ] && [ "$(head -n 1 "$file")" = "$header" ]; then
+        rm -f "$file"
+        say "removed stale $file"
+    fi
+done
+# Copy only what changed, so an unchanged file keeps its timestamp and triggers no rebuild.
+changed=0
+for file in "$tmp"/out/*; do
+    target="$out_dir/$(basename "$file")"
+    if ! cmp -s "$file" "$target"; then
+        cp "$file" "$target"
+        changed=$((changed + 1))
+    fi
+done
+
+say "generated $generated Swift files, $changed file(s) changed; fingerprint $(cat "$out_dir/proto.sha256")"

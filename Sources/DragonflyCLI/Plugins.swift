@@ -1,9 +1,21 @@
 import DragonflyCore
 import DragonflyScheduler
+import DragonflySource
+import DragonflyStorage
 
-/// The one plugin registry of this process, with every built-in plugin registered.
-func makePluginRegistry() throws -> PluginRegistry {
+/// Runs `body` with the one plugin registry of this process, every built-in plugin registered, and shuts the
+/// source clients' connection pools down afterwards, also when `body` throws.
+func withPluginRegistry<Value>(_ body: (PluginRegistry) async throws -> Value) async throws -> Value {
     let registry = PluginRegistry()
     try registerBuiltinStrategies(into: registry)
-    return registry
+    try registerBuiltinMedia(into: registry)
+    let sources = try registerBuiltinSources(into: registry)
+    do {
+        let value = try await body(registry)
+        try await sources.shutdown()
+        return value
+    } catch {
+        try? await sources.shutdown()
+        throw error
+    }
 }

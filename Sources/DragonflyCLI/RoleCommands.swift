@@ -83,10 +83,11 @@ struct SchedulerCommand: AsyncParsableCommand {
             let (telemetry, logger) = try RoleLauncher.prepare(
                 role: "scheduler", config: &config, logLevel: \.log.level, options: options)
         else { return }
-        let registry = try makePluginRegistry()
-        let services = try makeSchedulerServices(
-            config: config, registry: registry, telemetry: telemetry, logger: logger)
-        try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)
+        try await withPluginRegistry { registry in
+            let services = try makeSchedulerServices(
+                config: config, registry: registry, telemetry: telemetry, logger: logger)
+            try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)
+        }
     }
 }
 
@@ -139,10 +140,11 @@ struct DaemonOptions: ParsableArguments {
             let (telemetry, logger) = try RoleLauncher.prepare(
                 role: mode.rawValue, config: &config, logLevel: \.log.level, options: options)
         else { return }
-        let registry = try makePluginRegistry()
-        let services = try makeDaemonServices(
-            config: config, mode: mode, registry: registry, telemetry: telemetry, logger: logger)
-        try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)
+        try await withPluginRegistry { registry in
+            let services = try makeDaemonServices(
+                config: config, mode: mode, registry: registry, telemetry: telemetry, logger: logger)
+            try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)
+        }
     }
 }
 

@@ -9,11 +9,12 @@ struct VersionCommand: AsyncParsableCommand {
     )
 
     func run() async throws {
-        let registry = try makePluginRegistry()
+        try await withPluginRegistry { registry in
         func list(_ names: [String]) -> String { names.isEmpty ? "(none)" : names.joined(separator: ", ") }
         print("dragonfly \(DragonflyVersion.current)")
         print("source clients: \(list(registry.sourceSchemes))")
         print("storage media: \(list(registry.mediumNames))")
         print("scheduling strategies: \(list(registry.strategyNames))")
+        }
     }
 }

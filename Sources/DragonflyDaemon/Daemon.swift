@@ -2,6 +2,7 @@ package import DragonflyCore
 package import DragonflyTelemetry
 import Hummingbird
 package import Logging
+import DragonflyRPC
 import ServiceLifecycle
 
 /// Whether a daemon process runs as a normal peer or as a seed peer (`dragonfly cdn`).
@@ -48,6 +49,28 @@ package func makeDaemonServices(
         .init(service: metrics), .init(service: health), .init(service: proxy), .init(service: piece),
     ]
     var listeners = [metrics.listener, health.listener, proxy.listener, piece.listener]
-    // GRPC-SLOT
-    return RoleServices(role: role, services: services, listeners: listeners, socket: socket, retained: [lock])
+    let peer = try GRPCServerService(
+        address: .tcp(host: config.listen.peer.host, port: config.listen.peer.port),
+        services: [],
+        listenerName: "peer",
+        logger: logger
+    )
+    // The Local service lives on the unix socket only: it can write files as the daemon's user.
+    let local = try GRPCServerService(
+        address: .unixDomainSocket(path: socket),
+        services: [],
+        listenerName: "local",
+        logger: logger
+    )
+    services += [.init(service: peer), .init(service: local)]
+    listeners.append(peer.listener)
+    let localListener = local.listener
+    return RoleServices(
+        role: role,
+        services: services,
+        listeners: listeners,
+        socket: socket,
+        readiness: { _ = try await localListener.value() },
+        retained: [lock]
+    )
 }

@@ -1,6 +1,7 @@
 package import DragonflyCore
 package import DragonflyTelemetry
 package import Logging
+import DragonflyRPC
 import ServiceLifecycle
 
 /// Builds the services of `dragonfly manager`: the REST/console listener (with `/healthy` and `/metrics`) and
@@ -15,6 +16,12 @@ package func makeManagerServices(
     let http = HTTPListenerService.endpoints(name: "http", address: config.listen, telemetry: telemetry, logger: logger)
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: http)]
     var listeners = [http.listener]
-    // GRPC-SLOT
+    let grpc = try GRPCServerService(
+        address: .tcp(host: config.grpcListen.host, port: config.grpcListen.port),
+        services: [],
+        logger: logger
+    )
+    services.append(.init(service: grpc))
+    listeners.append(grpc.listener)
     return RoleServices(role: "manager", services: services, listeners: listeners, retained: [lock])
 }

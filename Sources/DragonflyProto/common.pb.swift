@@ -1125,10 +1125,10 @@ package nonisolated struct Dragonfly_V1_TaskInfo: @unchecked Sendable {
     set {_uniqueStorage()._peerCount = newValue}
   }
 
-  /// Some peer can serve the task now.
-  package var hasAvailablePeer_p: Bool {
-    get {_storage._hasAvailablePeer_p}
-    set {_uniqueStorage()._hasAvailablePeer_p = newValue}
+  /// Peers that hold pieces of the task and can serve them now (not failed, not left).
+  package var availablePeerCount: UInt32 {
+    get {_storage._availablePeerCount}
+    set {_uniqueStorage()._availablePeerCount = newValue}
   }
 
   /// Response headers of the origin (Content-Type, ETag, Last-Modified, ...).
@@ -2356,7 +2356,7 @@ nonisolated extension Dragonfly_V1_Piece: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Dragonfly_V1_TaskInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".TaskInfo"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}type\0\u{1}url\0\u{1}digest\0\u{1}tag\0\u{1}application\0\u{3}filtered_query_params\0\u{3}content_length\0\u{3}piece_length\0\u{3}piece_count\0\u{3}size_scope\0\u{1}pieces\0\u{1}state\0\u{3}peer_count\0\u{3}has_available_peer\0\u{3}response_header\0\u{3}created_at\0\u{3}updated_at\0\u{1}tenant\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}type\0\u{1}url\0\u{1}digest\0\u{1}tag\0\u{1}application\0\u{3}filtered_query_params\0\u{3}content_length\0\u{3}piece_length\0\u{3}piece_count\0\u{3}size_scope\0\u{1}pieces\0\u{1}state\0\u{3}peer_count\0\u{3}available_peer_count\0\u{3}response_header\0\u{3}created_at\0\u{3}updated_at\0\u{1}tenant\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -2373,7 +2373,7 @@ nonisolated extension Dragonfly_V1_TaskInfo: SwiftProtobuf.Message, SwiftProtobu
     var _pieces: [Dragonfly_V1_Piece] = []
     var _state: Dragonfly_V1_TaskState = .pending
     var _peerCount: UInt32 = 0
-    var _hasAvailablePeer_p: Bool = false
+    var _availablePeerCount: UInt32 = 0
     var _responseHeader: Dictionary<String,String> = [:]
     var _createdAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
     var _updatedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
@@ -2402,7 +2402,7 @@ nonisolated extension Dragonfly_V1_TaskInfo: SwiftProtobuf.Message, SwiftProtobu
       _pieces = source._pieces
       _state = source._state
       _peerCount = source._peerCount
-      _hasAvailablePeer_p = source._hasAvailablePeer_p
+      _availablePeerCount = source._availablePeerCount
       _responseHeader = source._responseHeader
       _createdAt = source._createdAt
       _updatedAt = source._updatedAt
@@ -2439,7 +2439,7 @@ nonisolated extension Dragonfly_V1_TaskInfo: SwiftProtobuf.Message, SwiftProtobu
         case 12: try { try decoder.decodeRepeatedMessageField(value: &_storage._pieces) }()
         case 13: try { try decoder.decodeSingularEnumField(value: &_storage._state) }()
         case 14: try { try decoder.decodeSingularUInt32Field(value: &_storage._peerCount) }()
-        case 15: try { try decoder.decodeSingularBoolField(value: &_storage._hasAvailablePeer_p) }()
+        case 15: try { try decoder.decodeSingularUInt32Field(value: &_storage._availablePeerCount) }()
         case 16: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._responseHeader) }()
         case 17: try { try decoder.decodeSingularMessageField(value: &_storage._createdAt) }()
         case 18: try { try decoder.decodeSingularMessageField(value: &_storage._updatedAt) }()
@@ -2498,8 +2498,8 @@ nonisolated extension Dragonfly_V1_TaskInfo: SwiftProtobuf.Message, SwiftProtobu
       if _storage._peerCount != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._peerCount, fieldNumber: 14)
       }
-      if _storage._hasAvailablePeer_p != false {
-        try visitor.visitSingularBoolField(value: _storage._hasAvailablePeer_p, fieldNumber: 15)
+      if _storage._availablePeerCount != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._availablePeerCount, fieldNumber: 15)
       }
       if !_storage._responseHeader.isEmpty {
         try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._responseHeader, fieldNumber: 16)
@@ -2536,7 +2536,7 @@ nonisolated extension Dragonfly_V1_TaskInfo: SwiftProtobuf.Message, SwiftProtobu
         if _storage._pieces != rhs_storage._pieces {return false}
         if _storage._state != rhs_storage._state {return false}
         if _storage._peerCount != rhs_storage._peerCount {return false}
-        if _storage._hasAvailablePeer_p != rhs_storage._hasAvailablePeer_p {return false}
+        if _storage._availablePeerCount != rhs_storage._availablePeerCount {return false}
         if _storage._responseHeader != rhs_storage._responseHeader {return false}
         if _storage._createdAt != rhs_storage._createdAt {return false}
         if _storage._updatedAt != rhs_storage._updatedAt {return false}

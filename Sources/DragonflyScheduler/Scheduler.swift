@@ -1,6 +1,7 @@
 package import DragonflyCore
 package import DragonflyTelemetry
 package import Logging
+import DragonflyRPC
 import ServiceLifecycle
 
 /// Builds the services of `dragonfly scheduler`: the gRPC Scheduler service and the metrics listener.
@@ -16,6 +17,13 @@ package func makeSchedulerServices(
         name: "metrics", address: config.metricsListen, telemetry: telemetry, logger: logger)
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: metrics)]
     var listeners = [metrics.listener]
-    // GRPC-SLOT
+    // The Scheduler service's handlers are registered here as they are built (P2P core).
+    let grpc = try GRPCServerService(
+        address: .tcp(host: config.listen.host, port: config.listen.port),
+        services: [],
+        logger: logger
+    )
+    services.append(.init(service: grpc))
+    listeners.append(grpc.listener)
     return RoleServices(role: "scheduler", services: services, listeners: listeners)
 }

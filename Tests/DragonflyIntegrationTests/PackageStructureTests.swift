@@ -14,7 +14,9 @@ import Testing
             .deletingLastPathComponent()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["swift", "package", "--package-path", repo.path, "dump-package"]
+        // A scratch path of its own: `swift test` holds the lock of .build while this runs.
+        let scratch = NSTemporaryDirectory() + "dragonfly-dump-package-\(ProcessInfo.processInfo.processIdentifier)"
+        process.arguments = ["swift", "package", "--package-path", repo.path, "--scratch-path", scratch, "dump-package"]
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice

@@ -1,0 +1,210 @@
+package import DragonflyCore
+import DragonflySource
+package import DragonflyStorage
+package import Logging
+import NIOCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Downloads a ``GetRequest`` straight from the origin into a ``PieceStore`` and writes the output
+/// (`dragonfly get --no-daemon`, and the fallback when no daemon can serve).
+///
+/// Pieces already held (an earlier interrupted run) are kept; only the missing ones that the requested range
+/// touches are fetched, with concurrent piece-aligned range requests when the origin supports them. Each piece
+/// is verified and stored before it counts. The output appears atomically, only once complete and verified
+/// against `--digest` (DESIGN §6 step 7); `-O -` streams the bytes in order.
+package struct OriginDownload: Sendable {
+    package let request: GetRequest
+    package let registry: PluginRegistry
+    package let store: PieceStore
+    package let logger: Logger
+
+    package init(request: GetRequest, registry: PluginRegistry, store: PieceStore, logger: Logger) {
+        self.request = request
+        self.registry = registry
+        self.store = store
+        self.logger = logger
+    }
+
+    /// Runs the download; `progress` is called as pieces land (from several tasks; keep it cheap).
+    package func run(progress: @escaping @Sendable (GetProgress) -> Void) async throws -> GetSummary {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let taskID = request.taskID
+        var logger = logger
+        logger[metadataKey: "df.task.id"] = "\(taskID)"
+
+        let sourceRequest = SourceRequest(url: request.url, headers: request.headers, timeout: request.timeout)
+        let held = store.taskInfo(taskID: taskID)
+        let contentLength: Int64
+        var originBytes: Int64 = 0
+        var cachedBytes: Int64 = 0
+
+        if let held, held.isFinished, let length = held.contentLength {
+            // Step 1 of DESIGN §6: a complete task in local storage is exported without touching the origin.
+            logger.debug("task complete in local storage")
+            contentLength = length
+            cachedBytes = length
+            progress(GetProgress(completedBytes: length, totalBytes: length, cachedBytes: length))
+        } else {
+            guard !request.disableBackToSource else {
+                throw DragonflyError(
+                    code: .unavailable,
+                    message: "no peer can serve \(request.url) and back-to-source is disabled"
+                )
+            }
+            let client: any SourceClient
+            do {
+                client = try registry.sourceClient(forURL: request.url)
+            } catch {
+                throw DragonflyError(code: .usage, message: error.message)
+            }
+            let metadata = try await client.stat(sourceRequest)
+            if let range = request.range, let length = metadata.contentLength, range.start >= length {
+                // Let the origin answer the unsatisfiable range itself, so the user sees its 416.
+                _ = try await client.fetch(sourceRequest, range: range)
+                throw DragonflyError(
+                    code: .originError,
+                    message: "range \(range) is beyond the end (\(length) bytes) of \(request.url)"
+                )
+            }
+            let pieceLength = request.pieceLength ?? PieceMath.pieceLength(forContentLength: metadata.contentLength)
+            var headers: [String: String] = [:]
+            if let etag = metadata.etag { headers["etag"] = etag }
+            if let lastModified = metadata.lastModified { headers["last-modified"] = lastModified }
+            for field in metadata.headers where field.name.lowercased() == "content-type" {
+                headers["content-type"] = field.value
+            }
+            let opened = try await store.openTask(
+                id: taskID,
+                url: request.url,
+                contentLength: metadata.contentLength,
+                pieceLength: pieceLength,
+                headers: headers
+            )
+            do {
+                let needed = try neededPieces(metadata: metadata, pieceLength: pieceLength)
+                cachedBytes = opened.heldBytes
+                let counters = Mutex(GetProgress(completedBytes: opened.heldBytes, totalBytes: metadata.contentLength, cachedBytes: cachedBytes))
+                progress(counters.withLock { $0 })
+                var summary: PieceFetchSummary?
+                if needed.map({ !$0.isEmpty }) ?? true {
+                    let fetcher = PieceFetcher(
+                        client: client,
+                        config: PieceFetcherConfig(
+                            concurrency: request.originConnections,
+                            rateLimiter: request.rateLimit.map { TokenBucket(rate: $0, burst: max($0, 1 << 20)) }
+                        ),
+                        logger: logger
+                    )
+                    summary = try await fetcher.fetch(
+                        sourceRequest,
+                        metadata: metadata,
+                        pieceLength: pieceLength,
+                        pieces: needed
+                    ) { [store] number, bytes in
+                        try await store.writePiece(taskID: taskID, number: number, bytes: bytes)
+                        let snapshot = counters.withLock { state in
+                            state.completedBytes += Int64(bytes.readableBytes)
+                            state.originBytes += Int64(bytes.readableBytes)
+                            return state
+                        }
+                        progress(snapshot)
+                    }
+                }
+                originBytes = counters.withLock { $0.originBytes }
+                let finalLength = metadata.contentLength ?? summary?.contentLength
+                if request.range == nil || finalLength == nil {
+                    _ = try await store.finishTask(taskID: taskID, contentLength: finalLength)
+                } else {
+                    try await store.closeTask(taskID: taskID)
+                }
+                guard let finalLength else {
+                    throw DragonflyError(code: .internalError, message: "the origin did not report a length for \(request.url)")
+                }
+                contentLength = finalLength
+            } catch {
+                try? await store.closeTask(taskID: taskID)
+                throw error
+            }
+        }
+
+        let outputBytes = try await writeOutput(taskID: taskID, contentLength: contentLength)
+        return GetSummary(
+            taskID: taskID,
+            outputBytes: outputBytes,
+            contentLength: contentLength,
+            originBytes: originBytes,
+            cachedBytes: cachedBytes,
+            elapsed: clock.now - started
+        )
+    }
+
+    /// The pieces the requested range touches that are not held yet; nil means "all, length unknown".
+    private func neededPieces(metadata: SourceMetadata, pieceLength: Int64) throws -> Set<Int>? {
+        let missing = Set(try store.missingPieces(taskID: request.taskID))
+        guard let length = metadata.contentLength else { return nil }
+        guard let range = outputRange(contentLength: length) else { return missing }
+        guard !range.isEmpty else { return [] }
+        let first = Int(range.lowerBound / pieceLength)
+        let last = Int((range.upperBound - 1) / pieceLength)
+        return missing.intersection(first...last)
+    }
+
+    /// The byte range to output, clamped to the object; nil for the whole object.
+    private func outputRange(contentLength: Int64) -> Range<Int64>? {
+        guard let range = request.range else { return nil }
+        let end = min(range.length.map { range.start + $0 } ?? contentLength, contentLength)
+        return range.start..<max(end, range.start)
+    }
+
+    /// Writes the output: an atomic export to a path, or an in-order stream to standard output.
+    private func writeOutput(taskID: TaskID, contentLength: Int64) async throws -> Int64 {
+        let range = outputRange(contentLength: contentLength) ?? 0..<contentLength
+        if let output = request.output {
+            if request.range == nil {
+                return try await store.export(taskID: taskID, to: output, verify: request.digest)
+            }
+            return try await store.export(taskID: taskID, range: range, to: output, verify: request.digest)
+        }
+        if let digest = request.digest {
+            // Nothing reaches stdout unless the bytes match: hash them first, then stream.
+            var hasher = digest.makeHasher()
+            try await store.readRange(taskID: taskID, range: range) { buffer in
+                buffer.withUnsafeReadableBytes { hasher.update($0) }
+            }
+            let actual = hasher.finalize()
+            guard actual == digest.hex else {
+                throw DragonflyError(
+                    code: .dataLoss,
+                    message: "digest mismatch for \(request.url): expected \(digest), got \(digest.algorithm.rawValue):\(actual)"
+                )
+            }
+        }
+        try await store.readRange(taskID: taskID, range: range) { buffer in
+            try StandardOutput.write(buffer)
+        }
+        return Int64(range.count)
+    }
+}
+
+/// Unbuffered writes to standard output for `-O -`.
+enum StandardOutput {
+    static func write(_ buffer: ByteBuffer) throws {
+        try buffer.withUnsafeReadableBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            var offset = 0
+            while offset < raw.count {
+                let n = Glibc.write(1, base + offset, raw.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw AtomicFile.posixError("cannot write to standard output") }
+                offset += n
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+package import DragonflyCore
+package import GRPCCore
+import GRPCNIOTransportHTTP2
+package import Logging
+import ServiceLifecycle
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Runs a gRPC server (HTTP/2 over NIO Posix) as a `Service` of a `ServiceGroup`.
+///
+/// On graceful shutdown the server stops accepting connections and returns once in-flight RPCs finish; the
+/// group's cancellation ends any that outlive its drain budget. ``listeningAddress()`` reports the bound
+/// address, which is how port 0 and `--ready-file` learn the real port.
+///
+/// For a Unix domain socket, `run()` creates the socket's parent directory, replaces a stale socket file (a
+/// file of another type at the path is left alone and the bind fails) and removes the socket when it stops.
+package struct GRPCServerService: Service {
+    /// The address from the configuration (port 0 and all).
+    package let address: RPCAddress
+    private let server: GRPCServer<HTTP2ServerTransport.Posix>
+    private let logger: Logger
+    /// Receives the bound address (`IP:port`, or the socket path) once the server listens, for the ready file.
+    package let listener: ListenerAddress
+
+    /// Creates the service; nothing is bound until `run()`.
+    ///
+    /// - Parameters:
+    ///   - address: Where to listen: an IP literal and port (0 picks a free port), or a Unix domain socket.
+    ///   - tls: TLS settings; `nil` serves plaintext.
+    ///   - services: The gRPC services to serve.
+    ///   - interceptors: Interceptors applied to every RPC, outermost first.
+    ///   - logger: Logger for debug-level lifecycle messages.
+    /// - Throws: `DragonflyError` (`.invalidArgument` for an unusable address, `.configuration` for TLS files).
+    package init(
+        address: RPCAddress,
+        tls: RPCTLSConfig? = nil,
+        services: [any RegistrableRPCService],
+        interceptors: [any ServerInterceptor] = [],
+        listenerName: String = "grpc",
+        logger: Logger
+    ) throws(DragonflyError) {
+        self.listener = ListenerAddress(name: listenerName)
+        let transportSecurity = try tls?.serverTransportSecurity() ?? .plaintext
+        let transport = HTTP2ServerTransport.Posix(
+            address: try address.serverSocketAddress(),
+            transportSecurity: transportSecurity,
+            config: .defaults
+        )
+        self.address = address
+        self.server = GRPCServer(transport: transport, services: services, interceptors: interceptors)
+        self.logger = logger
+    }
+
+    package func run() async throws {
+        var logger = logger
+        logger[metadataKey: "df.rpc.address"] = "\(address)"
+        if case .unixDomainSocket(let path) = address {
+            try Self.prepareSocketPath(path)
+        }
+        logger.debug("gRPC server starting")
+        defer {
+            if case .unixDomainSocket(let path) = address {
+                Self.removeSocket(at: path)
+            }
+            logger.debug("gRPC server stopped")
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask {
+                do {
+                    let bound = try await listeningAddress()
+                    if case .unixDomainSocket(let path) = bound {
+                        listener.fulfil(path)
+                    } else {
+                        listener.fulfil(bound.description)
+                    }
+                } catch {
+                    listener.fail(
+                        DragonflyError(code: .unavailable, message: "cannot listen on \(address) (\(listener.name) listener)", cause: error)
+                    )
+                }
+            }
+            do {
+                try await withGracefulShutdownHandler {
+                    try await server.serve()
+                } onGracefulShutdown: { [server] in
+                    server.beginGracefulShutdown()
+                }
+            } catch {
+                throw DragonflyError(
+                    code: .unavailable,
+                    message: "cannot listen on \(address) (\(listener.name) listener)",
+                    cause: error
+                )
+            }
+        }
+    }
+
+    /// The address the server is bound to, once it listens (waits until then).
+    ///
+    /// - Throws: When binding failed or the server has stopped.
+    package func listeningAddress() async throws -> RPCAddress {
+        let bound = try await server.transport.listeningAddress
+        guard let address = RPCAddress(bound: bound) else {
+            throw DragonflyError(code: .internalError, message: "gRPC server bound to an unsupported address \(bound)")
+        }
+        return address
+    }
+
+    /// Creates the parent directory of a socket path and removes a stale socket there.
+    private static func prepareSocketPath(_ path: String) throws(DragonflyError) {
+        let fileManager = FileManager.default
+        do {
+            if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+                try fileManager.createDirectory(atPath: String(path[..<slash]), withIntermediateDirectories: true)
+            }
+        } catch {
+            throw DragonflyError(
+                code: .failedPrecondition,
+                message: "cannot create the directory of socket '\(path)'",
+                cause: error
+            )
+        }
+        removeSocket(at: path)
+    }
+
+    /// Removes the file at `path` if it is a socket; any other kind of file is left in place.
+    private static func removeSocket(at path: String) {
+        let fileManager = FileManager.default
+        guard let attributes = try? fileManager.attributesOfItem(atPath: path),
+            let type = attributes[.type] as? FileAttributeType, type == .typeSocket
+        else { return }
+        try? fileManager.removeItem(atPath: path)
+    }
+}
