@@ -64,7 +64,9 @@ struct GetCommand: AsyncParsableCommand {
                 let text = String(line).trimmingSpaces()
                 if text.isEmpty || text.hasPrefix("#") { continue }
                 guard let field = HeaderLine.parse(text) else {
-                    throw DragonflyError(code: .usage, message: "--header-file \(headerFile): '\(text.prefix(40))…' is not 'Name: value'")
+                    throw DragonflyError(
+                        code: .usage, message: "--header-file \(headerFile): '\(text.prefix(40))…' is not 'Name: value'"
+                    )
                 }
                 fields.append(field)
             }

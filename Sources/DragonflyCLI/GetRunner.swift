@@ -30,7 +30,8 @@ enum GetRunner {
         let outcome: Outcome = await withTaskGroup(of: Outcome?.self) { group in
             group.addTask {
                 do {
-                    return .finished(try await download(request, dataDirectory: dataDirectory, display: display, logger: logger))
+                    return .finished(
+                        try await download(request, dataDirectory: dataDirectory, display: display, logger: logger))
                 } catch let error as DragonflyError {
                     return .failed(error)
                 } catch is CancellationError {
@@ -52,7 +53,8 @@ enum GetRunner {
                 }
                 return nil
             }
-            var result: Outcome = .failed(DragonflyError(code: .internalError, message: "download ended without a result"))
+            var result: Outcome = .failed(
+                DragonflyError(code: .internalError, message: "download ended without a result"))
             for await outcome in group {
                 if let outcome {
                     result = outcome
@@ -73,7 +75,9 @@ enum GetRunner {
             writeToStandardError("dragonfly: \(error.description)\n")
             return error.code.exitCode
         case .timedOut(let limit):
-            writeToStandardError("dragonfly: download of \(request.url) timed out after \(ConfigDuration(milliseconds: limit.milliseconds))\n")
+            writeToStandardError(
+                "dragonfly: download of \(request.url) timed out after \(ConfigDuration(milliseconds: limit.milliseconds))\n"
+            )
             return 1
         case .interrupted(let code):
             writeToStandardError("dragonfly: interrupted; \(request.output ?? "standard output") left as it was\n")

@@ -45,7 +45,10 @@ final class ProgressDisplay: Sendable {
         let seconds = max(Double(summary.elapsed.milliseconds) / 1000, 0.001)
         let rate = Double(summary.outputBytes) / seconds
         let fetched = summary.originBytes + summary.cachedBytes
-        let share = fetched > 0 ? " (origin \(Int((Double(summary.originBytes) / Double(fetched) * 100).rounded()))%, cache \(Int((Double(summary.cachedBytes) / Double(fetched) * 100).rounded()))%)" : ""
+        let share =
+            fetched > 0
+            ? " (origin \(Int((Double(summary.originBytes) / Double(fetched) * 100).rounded()))%, cache \(Int((Double(summary.cachedBytes) / Double(fetched) * 100).rounded()))%)"
+            : ""
         return "dragonfly: \(url) -> \(output ?? "standard output"): \(Self.bytes(summary.outputBytes)) in "
             + "\(Self.seconds(seconds)) at \(Self.bytes(Int64(rate)))/s\(share), task \(summary.taskID.rawValue.prefix(12))"
     }
@@ -60,7 +63,8 @@ final class ProgressDisplay: Sendable {
         let fraction = min(max(Double(progress.completedBytes) / Double(total), 0), 1)
         let width = 30
         let filled = Int(fraction * Double(width))
-        let bar = String(repeating: "=", count: filled) + (filled < width ? ">" : "")
+        let bar =
+            String(repeating: "=", count: filled) + (filled < width ? ">" : "")
             + String(repeating: " ", count: max(width - filled - 1, 0))
         let remaining = Double(total - progress.completedBytes)
         let eta = rate > 0 ? Self.seconds(remaining / rate) : "--"

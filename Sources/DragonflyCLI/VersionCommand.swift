@@ -10,11 +10,11 @@ struct VersionCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await withPluginRegistry { registry in
-        func list(_ names: [String]) -> String { names.isEmpty ? "(none)" : names.joined(separator: ", ") }
-        print("dragonfly \(DragonflyVersion.current)")
-        print("source clients: \(list(registry.sourceSchemes))")
-        print("storage media: \(list(registry.mediumNames))")
-        print("scheduling strategies: \(list(registry.strategyNames))")
+            func list(_ names: [String]) -> String { names.isEmpty ? "(none)" : names.joined(separator: ", ") }
+            print("dragonfly \(DragonflyVersion.current)")
+            print("source clients: \(list(registry.sourceSchemes))")
+            print("storage media: \(list(registry.mediumNames))")
+            print("scheduling strategies: \(list(registry.strategyNames))")
         }
     }
 }

@@ -90,7 +90,9 @@ package struct OriginDownload: Sendable {
             do {
                 let needed = try neededPieces(metadata: metadata, pieceLength: pieceLength)
                 cachedBytes = opened.heldBytes
-                let counters = Mutex(GetProgress(completedBytes: opened.heldBytes, totalBytes: metadata.contentLength, cachedBytes: cachedBytes))
+                let counters = Mutex(
+                    GetProgress(
+                        completedBytes: opened.heldBytes, totalBytes: metadata.contentLength, cachedBytes: cachedBytes))
                 progress(counters.withLock { $0 })
                 var summary: PieceFetchSummary?
                 if needed.map({ !$0.isEmpty }) ?? true {
@@ -125,7 +127,8 @@ package struct OriginDownload: Sendable {
                     try await store.closeTask(taskID: taskID)
                 }
                 guard let finalLength else {
-                    throw DragonflyError(code: .internalError, message: "the origin did not report a length for \(request.url)")
+                    throw DragonflyError(
+                        code: .internalError, message: "the origin did not report a length for \(request.url)")
                 }
                 contentLength = finalLength
             } catch {
@@ -182,7 +185,8 @@ package struct OriginDownload: Sendable {
             guard actual == digest.hex else {
                 throw DragonflyError(
                     code: .dataLoss,
-                    message: "digest mismatch for \(request.url): expected \(digest), got \(digest.algorithm.rawValue):\(actual)"
+                    message:
+                        "digest mismatch for \(request.url): expected \(digest), got \(digest.algorithm.rawValue):\(actual)"
                 )
             }
         }

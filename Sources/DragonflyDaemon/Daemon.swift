@@ -1,8 +1,8 @@
 package import DragonflyCore
+import DragonflyRPC
 package import DragonflyTelemetry
 import Hummingbird
 package import Logging
-import DragonflyRPC
 import ServiceLifecycle
 
 /// Whether a daemon process runs as a normal peer or as a seed peer (`dragonfly cdn`).

@@ -1,7 +1,7 @@
 package import DragonflyCore
+import DragonflyRPC
 package import DragonflyTelemetry
 package import Logging
-import DragonflyRPC
 import ServiceLifecycle
 
 /// Builds the services of `dragonfly manager`: the REST/console listener (with `/healthy` and `/metrics`) and

@@ -79,7 +79,9 @@ package struct GRPCServerService: Service {
                     }
                 } catch {
                     listener.fail(
-                        DragonflyError(code: .unavailable, message: "cannot listen on \(address) (\(listener.name) listener)", cause: error)
+                        DragonflyError(
+                            code: .unavailable, message: "cannot listen on \(address) (\(listener.name) listener)",
+                            cause: error)
                     )
                 }
             }

@@ -1,10 +1,10 @@
+package import DragonflyCore
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
 import Foundation
 #endif
-
-package import DragonflyCore
 
 /// Test helpers on the ready file a role writes (``DragonflyCore/ReadyFile``, DESIGN §15).
 extension ReadyFile {

@@ -28,7 +28,8 @@ import Glibc
     @Test func readyFileIsWrittenAtomicallyAndParses() async throws {
         try await withTemporaryDirectory { dir in
             let path = dir.path + "/ready.json"
-            let file = DragonflyCore.ReadyFile(role: "daemon", pid: 42, listeners: ["peer": "127.0.0.1:4000"], socket: "/s.sock")
+            let file = DragonflyCore.ReadyFile(
+                role: "daemon", pid: 42, listeners: ["peer": "127.0.0.1:4000"], socket: "/s.sock")
             try file.write(to: path)
             #expect(try DragonflyCore.ReadyFile.read(from: path) == file)
             // No temporary file is left beside it.

@@ -47,7 +47,9 @@ struct GetNoDaemonTests {
             try await withTemporaryDirectory { dir in
                 let out = dir.appending("out/blob.bin")
                 try dir.makeDirectory("out")
-                let args = ["get", origin.url(for: "blob.bin"), "-O", out, "--no-daemon", "--data-dir", dir.appending("data")]
+                let args = [
+                    "get", origin.url(for: "blob.bin"), "-O", out, "--no-daemon", "--data-dir", dir.appending("data"),
+                ]
                 let first = try await runDragonfly(args + ["--digest", "sha256:" + Self.sha256(content)])
                 #expect(first.exitCode == 0, "\(first.stderr)")
                 #expect(Self.read(out) == content)
@@ -155,7 +157,9 @@ struct GetNoDaemonTests {
                 #expect(missing.exitCode == 1)
                 #expect(missing.stderr.contains("does not exist"), "\(missing.stderr)")
                 #expect(!FileManager.default.fileExists(atPath: dir.appending("nope")))
-                for bad in [["--digest", "sha256:abc"], ["--range", "10-5"], ["-H", "no colon"], ["--piece-length", "3M"]] {
+                for bad in [
+                    ["--digest", "sha256:abc"], ["--range", "10-5"], ["-H", "no colon"], ["--piece-length", "3M"],
+                ] {
                     let result = try await runDragonfly(["get", url, "-O", dir.appending("x")] + bad)
                     #expect(result.exitCode == 2, "\(bad): \(result.stderr)")
                 }
@@ -174,10 +178,14 @@ struct GetNoDaemonTests {
                 let data = dir.appending("data")
                 let first = origin.url(for: "obj.bin") + "?X-Amz-Signature=aaa&X-Amz-Date=1"
                 let second = origin.url(for: "obj.bin") + "?X-Amz-Signature=bbb&X-Amz-Date=2"
-                let a = try await runDragonfly(["get", first, "-O", dir.appending("a"), "--no-daemon", "--data-dir", data])
+                let a = try await runDragonfly([
+                    "get", first, "-O", dir.appending("a"), "--no-daemon", "--data-dir", data,
+                ])
                 #expect(a.exitCode == 0, "\(a.stderr)")
                 let sent = try origin.totalBytesSent()
-                let b = try await runDragonfly(["get", second, "-O", dir.appending("b"), "--no-daemon", "--data-dir", data])
+                let b = try await runDragonfly([
+                    "get", second, "-O", dir.appending("b"), "--no-daemon", "--data-dir", data,
+                ])
                 #expect(b.exitCode == 0, "\(b.stderr)")
                 #expect(Self.read(dir.appending("b")) == content)
                 #expect(try origin.totalBytesSent() == sent)
@@ -200,7 +208,8 @@ struct GetNoDaemonTests {
                     readyFile: false
                 ) { process in
                     try await poll(timeLimit: .seconds(30), description: "the first origin request") {
-                        try origin.accessLog().isEmpty == false || FileManager.default.fileExists(atPath: data + "/tasks")
+                        try origin.accessLog().isEmpty == false
+                            || FileManager.default.fileExists(atPath: data + "/tasks")
                     }
                     try process.signal(signal)
                     let status = try await process.waitForExit(timeLimit: .seconds(10))
@@ -209,7 +218,9 @@ struct GetNoDaemonTests {
                 #expect(Self.read(out) == Array("old\n".utf8))
                 #expect(try Self.entries(dir.appending("out")) == ["blob.bin"])
                 // A rerun over the same data dir completes and writes the new bytes.
-                let rerun = try await runDragonfly(["get", origin.url(for: "blob.bin"), "-O", out, "--no-daemon", "--data-dir", data])
+                let rerun = try await runDragonfly([
+                    "get", origin.url(for: "blob.bin"), "-O", out, "--no-daemon", "--data-dir", data,
+                ])
                 #expect(rerun.exitCode == 0, "\(rerun.stderr)")
                 #expect(Self.read(out) == content)
             }

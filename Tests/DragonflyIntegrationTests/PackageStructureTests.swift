@@ -16,7 +16,9 @@ import Testing
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         // A scratch path of its own: `swift test` holds the lock of .build while this runs.
         let scratch = NSTemporaryDirectory() + "dragonfly-dump-package-\(ProcessInfo.processInfo.processIdentifier)"
-        process.arguments = ["swift", "package", "--package-path", repo.path, "--scratch-path", scratch, "dump-package"]
+        process.arguments = [
+            "swift", "package", "--package-path", repo.path, "--scratch-path", scratch, "dump-package",
+        ]
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice

@@ -30,11 +30,13 @@ package struct FileDigest: Hashable, Sendable, CustomStringConvertible {
             )
         }
         let hex = parts[1].lowercased()
-        guard hex.count == algorithm.hexLength, hex.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) })
+        guard hex.count == algorithm.hexLength,
+            hex.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) })
         else {
             throw DragonflyError(
                 code: .usage,
-                message: "digest '\(text.prefix(140))': \(algorithm.rawValue) needs \(algorithm.hexLength) hex characters"
+                message:
+                    "digest '\(text.prefix(140))': \(algorithm.rawValue) needs \(algorithm.hexLength) hex characters"
             )
         }
         self.algorithm = algorithm
