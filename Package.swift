@@ -314,11 +314,12 @@ let package = Package(
         .testTarget(
             name: "DragonflyIntegrationTests",
             dependencies: [
-                "DragonflyTestSupport", "DragonflyCore",
+                "DragonflyTestSupport", "DragonflyCore", "DragonflyStorage",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

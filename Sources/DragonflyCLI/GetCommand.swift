@@ -1,6 +1,8 @@
 import ArgumentParser
 import DragonflyClient
 import DragonflyCore
+import DragonflyTelemetry
+import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -38,6 +40,7 @@ struct GetCommand: AsyncParsableCommand {
     @Flag(help: "No progress bar, only the summary line.") var noProgress = false
     @Option(help: "Fixed piece length (4M-64M, a power of two); changes the task ID.") var pieceLength: ByteSize?
     @Option(help: "Connections to the origin for --no-daemon.") var originConnections: Int = 4
+    @Option(help: "Log level of the logfmt lines on stderr (default: warning).") var logLevel: String?
 
     func validate() throws {
         if let digest {
@@ -53,11 +56,17 @@ struct GetCommand: AsyncParsableCommand {
             throw ValidationError("--piece-length must be a power of two between 4M and 64M")
         }
         if !(0...6).contains(priority) { throw ValidationError("--priority must be 0-6") }
+        if let logLevel, LogLevelName(rawValue: logLevel) == nil {
+            throw ValidationError(
+                "--log-level '\(logLevel)' is not one of \(LogLevelName.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
+        }
         if !(1...64).contains(originConnections) { throw ValidationError("--origin-connections must be 1-64") }
         if let ratelimit, ratelimit.bytes <= 0 { throw ValidationError("--ratelimit must be positive") }
     }
 
     func run() async throws {
+        Telemetry.bootstrap(logLevel: logLevel.flatMap { Logger.Level(rawValue: $0) } ?? .warning)
         var fields: [HeaderField] = []
         if let headerFile {
             for line in try readTextFile(headerFile).split(whereSeparator: \.isNewline) {

@@ -153,10 +153,10 @@ package struct OriginDownload: Sendable {
         let missing = Set(try store.missingPieces(taskID: request.taskID))
         guard let length = metadata.contentLength else { return nil }
         guard let range = outputRange(contentLength: length) else { return missing }
-        guard !range.isEmpty else { return [] }
-        let first = Int(range.lowerBound / pieceLength)
-        let last = Int((range.upperBound - 1) / pieceLength)
-        return missing.intersection(first...last)
+        guard let touched = PieceMath.pieces(covering: range, contentLength: length, pieceLength: pieceLength) else {
+            return []
+        }
+        return missing.intersection(touched)
     }
 
     /// The byte range to output, clamped to the object; nil for the whole object.

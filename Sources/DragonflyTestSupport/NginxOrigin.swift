@@ -90,6 +90,12 @@ package struct NginxOrigin: Sendable {
     }
 
     /// The URL that answers with `code`, which must be one of ``statusCodes``.
+    /// `/liarange/<path>`: advertises `Accept-Ranges: bytes` but answers every Range request with 200 and the
+    /// whole body, to test that clients detect it.
+    package func rangeLyingURL(for path: String) -> String {
+        "\(baseURL)/liarange/\(path.drop { $0 == "/" })"
+    }
+
     package func statusURL(_ code: Int) -> String {
         precondition(Self.statusCodes.contains(code), "NginxOrigin serves /status/ only for \(Self.statusCodes)")
         return "\(baseURL)/status/\(code)"
@@ -302,6 +308,11 @@ private func nginxConfiguration(origin: NginxOrigin, pidFile: String, limitRate:
                 location /norange/ {
                     alias \(origin.root)/;
                     max_ranges 0;
+                }
+                location /liarange/ {
+                    alias \(origin.root)/;
+                    max_ranges 0;
+                    add_header Accept-Ranges bytes;
                 }
         \(statusLocations)
             }

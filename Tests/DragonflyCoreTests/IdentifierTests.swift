@@ -75,3 +75,63 @@ import Testing
         #expect(!PieceMath.isValidFixedPieceLength(5 << 20))
     }
 }
+
+@Suite struct PieceRangeTests {
+    static let piece: Int64 = 4 << 20
+
+    @Test func rangeToPieces() {
+        let length = 10 * Self.piece + 5
+        #expect(PieceMath.pieces(covering: 0..<1, contentLength: length, pieceLength: Self.piece) == 0...0)
+        #expect(PieceMath.pieces(covering: 1000..<2000, contentLength: length, pieceLength: Self.piece) == 0...0)
+        #expect(
+            PieceMath.pieces(
+                covering: (Self.piece - 1)..<(Self.piece + 1), contentLength: length, pieceLength: Self.piece) == 0...1)
+        #expect(
+            PieceMath.pieces(covering: Self.piece..<(2 * Self.piece), contentLength: length, pieceLength: Self.piece)
+                == 1...1)
+        #expect(PieceMath.pieces(covering: 0..<length, contentLength: length, pieceLength: Self.piece) == 0...10)
+        // Clamped to the object; empty and out-of-bounds ranges touch nothing.
+        #expect(
+            PieceMath.pieces(covering: (length - 1)..<(length + 100), contentLength: length, pieceLength: Self.piece)
+                == 10...10)
+        #expect(
+            PieceMath.pieces(covering: length..<(length + 1), contentLength: length, pieceLength: Self.piece) == nil)
+        #expect(PieceMath.pieces(covering: 5..<5, contentLength: length, pieceLength: Self.piece) == nil)
+    }
+
+    @Test func pieceCountAndSpans() {
+        #expect(PieceMath.pieceCount(contentLength: 0, pieceLength: Self.piece) == 0)
+        #expect(PieceMath.pieceCount(contentLength: 1, pieceLength: Self.piece) == 1)
+        #expect(PieceMath.pieceCount(contentLength: Self.piece, pieceLength: Self.piece) == 1)
+        #expect(PieceMath.pieceCount(contentLength: Self.piece + 1, pieceLength: Self.piece) == 2)
+        let spans = (0..<3).compactMap {
+            PieceMath.span(ofPiece: $0, contentLength: 2 * Self.piece + 7, pieceLength: Self.piece)
+        }
+        #expect(spans.map(\.offset) == [0, Self.piece, 2 * Self.piece])
+        #expect(spans.map(\.length) == [Self.piece, Self.piece, 7])
+        #expect(PieceMath.span(ofPiece: 3, contentLength: 2 * Self.piece + 7, pieceLength: Self.piece) == nil)
+    }
+
+    @Test(arguments: [
+        (Int64?.some(0), SizeScope.empty), (1, .tiny), (128, .tiny), (129, .small), (4 << 20, .small),
+        ((4 << 20) + 1, .normal), (nil, .normal),
+    ])
+    func sizeScopes(length: Int64?, scope: SizeScope) {
+        #expect(SizeScope(contentLength: length, pieceLength: Self.piece) == scope)
+    }
+
+    @Test func hostAndPeerIDs() {
+        #expect(HostID(ip: "10.0.0.1", hostname: "h1", peerPort: 4000, isSeed: false).rawValue == "10.0.0.1-h1-4000")
+        #expect(
+            HostID(ip: "10.0.0.1", hostname: "h1", peerPort: 4000, isSeed: true).rawValue == "10.0.0.1-h1-4000-seed")
+        // Two daemons on one machine differ by their peer port.
+        #expect(
+            HostID(ip: "10.0.0.1", hostname: "h", peerPort: 1, isSeed: false)
+                != HostID(ip: "10.0.0.1", hostname: "h", peerPort: 2, isSeed: false))
+        let a = PeerID(ip: "10.0.0.1", hostname: "h1")
+        let b = PeerID(ip: "10.0.0.1", hostname: "h1")
+        #expect(a != b)
+        #expect(a.rawValue.hasPrefix("10.0.0.1-h1-"))
+        #expect(a.rawValue.count == "10.0.0.1-h1-".count + 36)
+    }
+}

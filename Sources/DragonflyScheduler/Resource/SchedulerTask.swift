@@ -1,0 +1,118 @@
+package import DragonflyCore
+
+/// An origin failure passed on to every peer of the task (`SourceError` of `common.proto`).
+package struct OriginError: Sendable, Hashable {
+    package var statusCode: Int
+    package var header: [String: String]
+    package var message: String
+    package var isTemporary: Bool
+
+    package init(statusCode: Int, header: [String: String] = [:], message: String, isTemporary: Bool = false) {
+        self.statusCode = statusCode
+        self.header = header
+        self.message = message
+        self.isTemporary = isTemporary
+    }
+}
+
+/// A task at the scheduler: what is known of its content, its peers, their DAG and its origin readers.
+package struct SchedulerTask: Sendable {
+    /// Largest content carried inline in `TinyTask`.
+    package static let tinyLimit: Int64 = SizeScope.tinyLimit
+
+    /// 64 lowercase hex characters.
+    package let id: String
+    package var url: String
+    /// Content length; `nil` while unknown.
+    package var contentLength: Int64?
+    /// Piece length; `nil` until a peer decided it.
+    package var pieceLength: Int64?
+    /// Number of pieces; `nil` while unknown.
+    package var pieceCount: Int?
+    /// Response headers of the origin.
+    package var responseHeader: [String: String]
+    /// Whole content of a tiny task, once someone handed it to the scheduler.
+    package var tinyContent: [UInt8]?
+    package var stateMachine: TaskStateMachine
+    /// Digests learnt from the origin reader or seed hosts; the only ones children are given.
+    package var trustedDigests: [UInt32: String]
+    /// Trusted digests learnt since the last `PieceDigests` push.
+    package var pendingDigestBatch: [UInt32: String]
+    /// The peers of the task by peer ID.
+    package var peers: [String: SchedulerPeer]
+    /// Parent → child edges between the peers.
+    package var dag: PeerDAG
+    /// Peers reading the origin now.
+    package var backToSourcePeers: Set<String>
+    /// Seed hosts asked to download the task and not yet registered as its peers.
+    package var triggeredSeedHosts: Set<String>
+    /// Seed hosts whose trigger failed; not asked again for this task.
+    package var failedSeedHosts: Set<String>
+    /// Peers left without parents, scheduled again when a parent appears.
+    package var waitingPeers: Set<String>
+    /// The origin's error, once it failed the task.
+    package var originError: OriginError?
+    package let createdAt: ContinuousClock.Instant
+    /// Last peer activity; the GC's clock for this task.
+    package var lastActivity: ContinuousClock.Instant
+
+    package init(id: String, url: String, now: ContinuousClock.Instant) {
+        self.id = id
+        self.url = url
+        self.contentLength = nil
+        self.pieceLength = nil
+        self.pieceCount = nil
+        self.responseHeader = [:]
+        self.tinyContent = nil
+        self.stateMachine = TaskStateMachine()
+        self.trustedDigests = [:]
+        self.pendingDigestBatch = [:]
+        self.peers = [:]
+        self.dag = PeerDAG()
+        self.backToSourcePeers = []
+        self.triggeredSeedHosts = []
+        self.failedSeedHosts = []
+        self.waitingPeers = []
+        self.originError = nil
+        self.createdAt = now
+        self.lastActivity = now
+    }
+
+    package var state: TaskStateMachine.State { stateMachine.state }
+
+    /// The size scope (DESIGN §4) from the content length and piece length known so far; nil while the
+    /// content length is unknown.
+    package var sizeScope: SizeScope? {
+        guard let contentLength else { return nil }
+        if let pieceCount, pieceCount == 1, contentLength > SizeScope.tinyLimit { return .small }
+        return SizeScope(contentLength: contentLength, pieceLength: pieceLength ?? .max)
+    }
+
+    /// Records the length facts a peer learnt (origin stat, its own metadata); never overwrites known values
+    /// with unknown ones. The piece count follows from content and piece length when not given.
+    package mutating func learnLengths(contentLength: Int64?, pieceLength: Int64?, pieceCount: Int? = nil) {
+        if let contentLength, contentLength >= 0 { self.contentLength = contentLength }
+        if let pieceLength, pieceLength > 0 { self.pieceLength = pieceLength }
+        if let pieceCount, pieceCount >= 0 {
+            self.pieceCount = pieceCount
+        } else if let length = self.contentLength, let piece = self.pieceLength, piece > 0 {
+            self.pieceCount = Int((length + piece - 1) / piece)
+        }
+    }
+
+    /// Adds a trusted digest and queues it for the next push; the first digest of a piece wins.
+    /// Returns `false` when a different digest was already trusted for the piece (a conflict).
+    @discardableResult
+    package mutating func learnDigest(_ digest: String, forPiece number: UInt32) -> Bool {
+        if let known = trustedDigests[number] { return known == digest }
+        trustedDigests[number] = digest
+        pendingDigestBatch[number] = digest
+        return true
+    }
+
+    /// Peers of the task that are still downloading (not finished, not reading the origin themselves).
+    package var downloadingPeerIDs: [String] {
+        peers.values.filter { !$0.stateMachine.isFinished && !backToSourcePeers.contains($0.id) }
+            .map(\.id).sorted()
+    }
+}

@@ -1,0 +1,542 @@
+package import DragonflyCore
+
+/// The scheduler's synchronous core: applies registrations and `AnnouncePeer` reports to the
+/// ``ResourceRegistry`` and returns the ``SchedulerAction``s the gRPC service performs.
+///
+/// A value type with an injected clock (`now` on every call) and random source, so every rule of DESIGN §6 is
+/// tested without I/O. The service keeps one behind a `Mutex` and performs the actions outside the lock.
+package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable {
+    package var registry: ResourceRegistry
+    package var selector: ParentSelector
+    package var rationer: BackToSourceRationer
+    private var random: Random
+
+    package init(
+        registry: ResourceRegistry, selector: ParentSelector, rationer: BackToSourceRationer, random: Random
+    ) {
+        self.registry = registry
+        self.selector = selector
+        self.rationer = rationer
+        self.random = random
+    }
+
+    /// A scheduler core configured from `scheduling.*` and `gc.*`.
+    package init(config: SchedulerConfig, strategy: any SchedulingStrategy, random: Random) {
+        self.init(
+            registry: ResourceRegistry(limits: ResourceLimits(gc: config.gc)),
+            selector: ParentSelector(strategy: strategy, config: config.scheduling),
+            rationer: BackToSourceRationer(config: config.scheduling),
+            random: random)
+    }
+
+    // MARK: Hosts
+
+    /// Adds or refreshes a host (`AnnounceHost`, `SyncHost` start).
+    package mutating func announceHost(_ host: PeerHost, now: ContinuousClock.Instant) throws(DragonflyError)
+        -> RemovalOutcome
+    {
+        let removed = try registry.announceHost(host)
+        return RemovalOutcome(removed: removed, actions: rescheduleOrphans(removed.orphanedChildren, now: now))
+    }
+
+    /// Removes a host and its peers (`LeaveHost`); their children are scheduled again.
+    package mutating func leaveHost(_ hostID: String, now: ContinuousClock.Instant) -> RemovalOutcome {
+        let removed = registry.removeHost(hostID)
+        return RemovalOutcome(removed: removed, actions: afterRemoval(removed, now: now))
+    }
+
+    // MARK: Registration
+
+    /// Registers a peer and decides how to answer it.
+    package mutating func register(
+        _ registration: PeerRegistration, now: ContinuousClock.Instant
+    ) throws(DragonflyError) -> RegisterOutcome {
+        let key = registration.key
+        guard registry.host(registration.hostID) != nil else {
+            throw DragonflyError(
+                code: .failedPrecondition,
+                message: "host '\(registration.hostID)' is unknown: announce it before registering peers")
+        }
+        try registry.ensureTask(id: key.taskID, url: registration.url, now: now)
+        var actions: [SchedulerAction] = []
+        if registry.peer(key) != nil {
+            // A re-registration starts over with what the peer holds now.
+            actions += afterRemoval(registry.removePeer(key), now: now)
+        }
+        let peer = SchedulerPeer(
+            id: key.peerID,
+            hostID: registration.hostID,
+            taskID: key.taskID,
+            finishedPieces: PieceBitmap(registration.finishedPieces),
+            isBackToSourceDisabled: registration.isBackToSourceDisabled,
+            wantsBackToSource: registration.wantsBackToSource,
+            now: now)
+        try registry.addPeer(peer)
+        registry.modifyTask(key.taskID) { task in
+            if task.url.isEmpty { task.url = registration.url }
+            if task.contentLength == nil || task.pieceLength == nil {
+                task.learnLengths(contentLength: registration.contentLength, pieceLength: registration.pieceLength)
+            }
+            task.triggeredSeedHosts.remove(registration.hostID)
+            task.lastActivity = now
+        }
+
+        let decision = decideRegistration(key, now: now, actions: &actions)
+        let event: PeerStateMachine.Event
+        switch decision {
+        case .emptyTask: event = .registerEmpty
+        case .tinyTask: event = .registerTiny
+        case .smallTask: event = .registerSmall
+        case .normalTask, .needBackToSource, .waitForParents: event = .registerNormal
+        }
+        _ = registry.modifyTask(key.taskID) { $0.peers[key.peerID]?.stateMachine.handle(event) }
+        if let response = Self.response(for: decision) {
+            actions.insert(.send(key, response), at: 0)
+        }
+        // A peer that holds pieces already can serve peers left waiting.
+        if registration.finishedPieces.isEmpty == false {
+            actions += scheduleWaitingPeers(taskID: key.taskID, now: now)
+        }
+        return RegisterOutcome(decision: decision, actions: actions)
+    }
+
+    private static func response(for decision: RegisterDecision) -> PeerResponse? {
+        switch decision {
+        case .emptyTask: .emptyTask
+        case .tinyTask(let content): .tinyTask(content: content)
+        case .smallTask(let plan): .smallTask(plan)
+        case .normalTask(let plan): .normalTask(plan)
+        case .needBackToSource(let reason): .needBackToSource(reason: reason)
+        case .waitForParents: nil
+        }
+    }
+
+    private mutating func decideRegistration(
+        _ key: PeerKey, now: ContinuousClock.Instant, actions: inout [SchedulerAction]
+    ) -> RegisterDecision {
+        guard let task = registry.task(key.taskID), let peer = task.peers[key.peerID] else { return .waitForParents }
+        if task.state == .succeeded, let shortcut = sizeScopeAnswer(for: peer, in: task) {
+            return shortcut
+        }
+        switch schedule(key, now: now) {
+        case .parents(let plan):
+            return .normalTask(plan)
+        case .backToSource(let reason):
+            return .needBackToSource(reason: reason)
+        case .wait(let trigger):
+            if let trigger { actions.append(trigger) }
+            return .waitForParents
+        case .fail:
+            // Unreachable for a fresh peer (no reschedules yet); waiting keeps the stream open.
+            return .waitForParents
+        }
+    }
+
+    /// Empty, tiny and small answers, used once the task is complete.
+    private mutating func sizeScopeAnswer(for peer: SchedulerPeer, in task: SchedulerTask) -> RegisterDecision? {
+        switch task.sizeScope {
+        case .empty:
+            return .emptyTask
+        case .tiny:
+            if let content = task.tinyContent, Int64(content.count) == task.contentLength {
+                return .tinyTask(content: content)
+            }
+            return smallTaskAnswer(for: peer, in: task)
+        case .small:
+            return smallTaskAnswer(for: peer, in: task)
+        case nil, .normal:
+            return nil
+        }
+    }
+
+    private mutating func smallTaskAnswer(for peer: SchedulerPeer, in task: SchedulerTask) -> RegisterDecision? {
+        guard let contentLength = task.contentLength, let digest = task.trustedDigests[0] else { return nil }
+        let holders = selector.selectParents(for: peer, in: task, hosts: registry.hosts, using: &random)
+            .filter { choice in
+                guard let parent = task.peers[choice.peerID] else { return false }
+                return parent.state == .succeeded || parent.finishedPieces.contains(0)
+            }
+        guard !holders.isEmpty else { return nil }
+        setParents(holders, of: PeerKey(taskID: task.id, peerID: peer.id))
+        return .smallTask(
+            SmallTaskPlan(
+                parents: holders,
+                contentLength: contentLength,
+                pieceLength: task.pieceLength ?? contentLength,
+                pieceDigest: digest,
+                responseHeader: task.responseHeader))
+    }
+
+    // MARK: Scheduling
+
+    private enum ScheduleOutcome {
+        case parents(NormalTaskPlan)
+        case backToSource(reason: String)
+        case wait(trigger: SchedulerAction?)
+        case fail(reason: String)
+    }
+
+    /// Parents when there are eligible ones, else the rationer's decision. Reserves the origin-reader slot on
+    /// `backToSource`, marks the peer waiting on `wait`, and records a triggered seed host.
+    private mutating func schedule(_ key: PeerKey, now: ContinuousClock.Instant) -> ScheduleOutcome {
+        guard let task = registry.task(key.taskID), let peer = task.peers[key.peerID] else {
+            return .fail(reason: "peer '\(key.peerID)' is unknown")
+        }
+        let hosts = registry.hosts
+        var decision: BackToSourceRationer.Decision?
+        if rationer.isOverRetryLimit(peer) || peer.wantsBackToSource {
+            let early = rationer.decide(for: peer, in: task, hosts: hosts)
+            switch early {
+            case .backToSource, .fail: decision = early
+            case .triggerSeedPeer, .waitForParents: break
+            }
+        }
+        if decision == nil {
+            let parents = selector.selectParents(for: peer, in: task, hosts: hosts, using: &random)
+            if !parents.isEmpty {
+                setParents(parents, of: key)
+                return .parents(makeNormalPlan(parents: parents, task: task))
+            }
+            decision = rationer.decide(for: peer, in: task, hosts: hosts)
+        }
+        switch decision ?? .waitForParents {
+        case .backToSource(let reason):
+            registry.modifyTask(key.taskID) { task in
+                task.backToSourcePeers.insert(key.peerID)
+                task.waitingPeers.remove(key.peerID)
+            }
+            return .backToSource(reason: reason)
+        case .fail(let reason):
+            registry.modifyTask(key.taskID) { $0.waitingPeers.remove(key.peerID) }
+            return .fail(reason: reason)
+        case .triggerSeedPeer(let hostID):
+            registry.modifyTask(key.taskID) { task in
+                task.triggeredSeedHosts.insert(hostID)
+                task.waitingPeers.insert(key.peerID)
+            }
+            return .wait(trigger: .triggerSeedPeer(hostID: hostID, taskID: key.taskID, url: task.url))
+        case .waitForParents:
+            registry.modifyTask(key.taskID) { $0.waitingPeers.insert(key.peerID) }
+            return .wait(trigger: nil)
+        }
+    }
+
+    private func makeNormalPlan(parents: [ParentChoice], task: SchedulerTask) -> NormalTaskPlan {
+        NormalTaskPlan(
+            parents: parents,
+            contentLength: task.contentLength,
+            pieceLength: task.pieceLength ?? PieceMath.pieceLength(forContentLength: task.contentLength),
+            pieceCount: task.pieceCount,
+            pieceDigests: task.trustedDigests,
+            responseHeader: task.responseHeader)
+    }
+
+    /// Replaces the child's parents in the DAG and on the peer; edges that would close a cycle are dropped.
+    private mutating func setParents(_ parents: [ParentChoice], of key: PeerKey) {
+        registry.modifyTask(key.taskID) { task in
+            task.dag.removeParents(of: key.peerID)
+            var accepted: [String] = []
+            for parent in parents where task.dag.addEdge(from: parent.peerID, to: key.peerID) {
+                accepted.append(parent.peerID)
+            }
+            task.peers[key.peerID]?.parents = accepted
+            task.waitingPeers.remove(key.peerID)
+        }
+    }
+
+    /// Schedules a peer again (reschedule request, lost parent) and returns the actions.
+    private mutating func reschedule(_ key: PeerKey, now: ContinuousClock.Instant) -> [SchedulerAction] {
+        switch schedule(key, now: now) {
+        case .parents(let plan):
+            return [.send(key, .normalTask(plan))]
+        case .backToSource(let reason):
+            return [.send(key, .needBackToSource(reason: reason))]
+        case .wait(let trigger):
+            return trigger.map { [$0] } ?? []
+        case .fail(let reason):
+            _ = applyPeerEvent(.downloadFailed, to: key, now: now)
+            return [.fail(key, reason: reason)] + afterDetach(key, now: now)
+        }
+    }
+
+    /// Tries again every waiting peer of the task; peers still without parents keep waiting.
+    package mutating func scheduleWaitingPeers(taskID: String, now: ContinuousClock.Instant) -> [SchedulerAction] {
+        guard let waiting = registry.task(taskID)?.waitingPeers.sorted(), !waiting.isEmpty else { return [] }
+        var actions: [SchedulerAction] = []
+        for peerID in waiting {
+            actions += reschedule(PeerKey(taskID: taskID, peerID: peerID), now: now)
+        }
+        return actions
+    }
+
+    // MARK: Reports
+
+    /// Applies a report from the peer's stream.
+    package mutating func handle(
+        _ event: PeerEvent, from key: PeerKey, now: ContinuousClock.Instant
+    ) -> [SchedulerAction] {
+        guard let task = registry.task(key.taskID), let peer = task.peers[key.peerID] else {
+            return [.reject(key, code: .notFound, message: "peer '\(key.peerID)' of task '\(key.taskID)' is unknown")]
+        }
+        registry.modifyTask(key.taskID) { task in
+            task.lastActivity = now
+            task.peers[key.peerID]?.lastProgress = now
+        }
+        switch event {
+        case .started:
+            if let rejection = applyPeerEvent(.download, to: key, now: now) { return [rejection] }
+            applyTaskEvent(.download, to: key.taskID)
+            return []
+
+        case .backToSourceStarted(let contentLength, let pieceLength, let header):
+            if let rejection = applyPeerEvent(.downloadBackToSource, to: key, now: now) { return [rejection] }
+            applyTaskEvent(.download, to: key.taskID)
+            registry.modifyTask(key.taskID) { task in
+                task.learnLengths(contentLength: contentLength, pieceLength: pieceLength)
+                task.responseHeader.merge(header) { _, new in new }
+            }
+            return scheduleWaitingPeers(taskID: key.taskID, now: now)
+
+        case .pieceFinished(let number, let parentID, let length, let cost, let digest):
+            let isFirstPiece = peer.finishedPieceCount == 0
+            let fromSeedHost = registry.host(peer.hostID)?.isSeed == true
+            var parentHostID: String?
+            registry.modifyTask(key.taskID) { task in
+                task.peers[key.peerID]?.finishedPieces.insert(number)
+                if let parentID, task.peers[parentID] != nil {
+                    task.peers[key.peerID]?.pieceCosts.record(cost)
+                    task.peers[parentID]?.lastProgress = now
+                    parentHostID = task.peers[parentID]?.hostID
+                }
+                if fromSeedHost { task.learnDigest(digest, forPiece: number) }
+            }
+            if let parentHostID {
+                registry.modifyHost(parentHostID) { $0.uploadSuccessCount += 1 }
+                selector.strategy.recordTransfer(
+                    parentHostID: parentHostID, childHostID: peer.hostID, bytes: length, duration: cost)
+            }
+            return isFirstPiece ? scheduleWaitingPeers(taskID: key.taskID, now: now) : []
+
+        case .pieceBackToSourceFinished(let number, _, _, let digest):
+            let isFirstPiece = peer.finishedPieceCount == 0
+            let trusted = task.backToSourcePeers.contains(key.peerID) || registry.host(peer.hostID)?.isSeed == true
+            registry.modifyTask(key.taskID) { task in
+                task.peers[key.peerID]?.finishedPieces.insert(number)
+                if trusted { task.learnDigest(digest, forPiece: number) }
+            }
+            return isFirstPiece ? scheduleWaitingPeers(taskID: key.taskID, now: now) : []
+
+        case .pieceFailed(_, let parentID, let isTemporary):
+            if let parentHostID = task.peers[parentID]?.hostID {
+                registry.modifyHost(parentHostID) { $0.uploadFailureCount += 1 }
+            }
+            guard !isTemporary else { return [] }
+            registry.modifyTask(key.taskID) { task in
+                task.peers[key.peerID]?.blocklist.insert(parentID)
+                task.peers[key.peerID]?.parents.removeAll { $0 == parentID }
+                task.peers[key.peerID]?.rescheduleCount += 1
+                task.dag.removeEdge(from: parentID, to: key.peerID)
+            }
+            return reschedule(key, now: now)
+
+        case .reschedule(let blocklist):
+            registry.modifyTask(key.taskID) { task in
+                task.peers[key.peerID]?.blocklist.formUnion(blocklist)
+                task.peers[key.peerID]?.rescheduleCount += 1
+            }
+            return reschedule(key, now: now)
+
+        case .finished(let contentLength, let pieceCount), .backToSourceFinished(let contentLength, let pieceCount):
+            registry.modifyTask(key.taskID) { task in
+                task.learnLengths(contentLength: contentLength, pieceLength: nil, pieceCount: pieceCount)
+            }
+            if let rejection = applyPeerEvent(.downloadSucceeded, to: key, now: now) { return [rejection] }
+            return scheduleWaitingPeers(taskID: key.taskID, now: now)
+
+        case .backToSourceFailed(_, let originError):
+            if let rejection = applyPeerEvent(.downloadFailed, to: key, now: now) { return [rejection] }
+            guard let originError else {
+                return afterDetach(key, now: now) + scheduleWaitingPeers(taskID: key.taskID, now: now)
+            }
+            return failTask(key.taskID, with: originError, reporter: key)
+
+        case .failed:
+            if let rejection = applyPeerEvent(.downloadFailed, to: key, now: now) { return [rejection] }
+            return afterDetach(key, now: now)
+        }
+    }
+
+    /// A peer leaves its task (`LeavePeer`): it is removed and its children are scheduled again.
+    package mutating func leavePeer(_ key: PeerKey, now: ContinuousClock.Instant) -> RemovalOutcome {
+        if let rejection = applyPeerEvent(.leave, to: key, now: now) {
+            return RemovalOutcome(removed: RemovedResources(), actions: [rejection])
+        }
+        let removed = registry.removePeer(key)
+        var actions = afterRemoval(removed, now: now)
+        actions += scheduleWaitingPeers(taskID: key.taskID, now: now)
+        return RemovalOutcome(removed: removed, actions: actions)
+    }
+
+    /// A triggered seed host could not start the task: forget the trigger and schedule the waiting peers
+    /// again (another seed, or a first registrant, reads the origin).
+    package mutating func seedTriggerFailed(
+        taskID: String, hostID: String, now: ContinuousClock.Instant
+    ) -> [SchedulerAction] {
+        registry.modifyTask(taskID) { task in
+            task.triggeredSeedHosts.remove(hostID)
+            task.failedSeedHosts.insert(hostID)
+        }
+        return scheduleWaitingPeers(taskID: taskID, now: now)
+    }
+
+    /// Stores the whole content of a tiny task, once the service fetched it from a peer that holds it.
+    package mutating func learnTinyContent(_ content: [UInt8], taskID: String) {
+        registry.modifyTask(taskID) { task in
+            guard Int64(content.count) <= SchedulerTask.tinyLimit else { return }
+            if task.contentLength == nil { task.contentLength = Int64(content.count) }
+            if task.contentLength == Int64(content.count) { task.tinyContent = content }
+        }
+    }
+
+    // MARK: Digests
+
+    /// Task IDs with trusted digests not pushed yet.
+    package var tasksWithPendingDigests: [String] {
+        registry.tasks.values.filter { !$0.pendingDigestBatch.isEmpty }.map(\.id).sorted()
+    }
+
+    /// Takes the task's pending digests and names the peers they go to; `nil` when nothing is pending.
+    package mutating func drainDigestBatch(taskID: String) -> DigestPush? {
+        guard let task = registry.task(taskID), !task.pendingDigestBatch.isEmpty else { return nil }
+        registry.modifyTask(taskID) { $0.pendingDigestBatch = [:] }
+        let recipients = task.downloadingPeerIDs
+            .filter { id in !task.waitingPeers.contains(id) && task.peers[id]?.state != .pending }
+            .map { PeerKey(taskID: taskID, peerID: $0) }
+        let batch = DigestBatch(
+            taskID: taskID, pieceDigests: task.pendingDigestBatch, contentLength: task.contentLength,
+            pieceCount: task.pieceCount)
+        return DigestPush(batch: batch, recipients: recipients)
+    }
+
+    /// Drains every task's pending digests as `PieceDigests` sends (the service calls this every ≤ 100 ms).
+    package mutating func drainDigestBatches() -> [SchedulerAction] {
+        var actions: [SchedulerAction] = []
+        for taskID in tasksWithPendingDigests {
+            guard let push = drainDigestBatch(taskID: taskID) else { continue }
+            actions += push.recipients.map { .send($0, .pieceDigests(push.batch)) }
+        }
+        return actions
+    }
+
+    // MARK: Garbage collection
+
+    /// Runs the registry's GC and schedules the peers that lost their parents.
+    package mutating func collectGarbage(now: ContinuousClock.Instant) -> RemovalOutcome {
+        let removed = registry.collectGarbage(now: now)
+        return RemovalOutcome(removed: removed, actions: afterRemoval(removed, now: now))
+    }
+
+    // MARK: Helpers
+
+    /// Applies a peer event and performs the state machine's owner actions; returns a rejection when invalid.
+    private mutating func applyPeerEvent(
+        _ event: PeerStateMachine.Event, to key: PeerKey, now: ContinuousClock.Instant
+    ) -> SchedulerAction? {
+        guard let actions = registry.modifyTask(key.taskID, { $0.peers[key.peerID]?.stateMachine.handle(event) }),
+            let actions
+        else {
+            return .reject(key, code: .notFound, message: "peer '\(key.peerID)' of task '\(key.taskID)' is unknown")
+        }
+        for action in actions {
+            switch action {
+            case .occupyBackToSourceSlot:
+                registry.modifyTask(key.taskID) { task in
+                    task.backToSourcePeers.insert(key.peerID)
+                    task.waitingPeers.remove(key.peerID)
+                }
+            case .releaseBackToSourceSlot:
+                registry.modifyTask(key.taskID) { $0.backToSourcePeers.remove(key.peerID) }
+            case .markTaskSucceeded:
+                registry.modifyTask(key.taskID) { $0.waitingPeers.remove(key.peerID) }
+                applyTaskEvent(.downloadSucceeded, to: key.taskID)
+            case .detachFromParentsOfChildren:
+                registry.modifyTask(key.taskID) { task in
+                    task.waitingPeers.remove(key.peerID)
+                    task.backToSourcePeers.remove(key.peerID)
+                }
+            case .rejected(let invalid):
+                return .reject(key, code: .failedPrecondition, message: invalid.description)
+            }
+        }
+        return nil
+    }
+
+    private mutating func applyTaskEvent(_ event: TaskStateMachine.Event, to taskID: String) {
+        let actions = registry.modifyTask(taskID) { $0.stateMachine.handle(event) } ?? []
+        for action in actions {
+            switch action {
+            case .announceComplete:
+                registry.modifyTask(taskID) { $0.originError = nil }
+            case .resetOriginReaders:
+                registry.modifyTask(taskID) { task in
+                    task.backToSourcePeers = []
+                    task.triggeredSeedHosts = []
+                }
+            case .failPeers, .rejected:
+                // Failing the peers needs the origin error: done by `failTask`. An invalid task event (e.g.
+                // `download` on a failed task from a late report) changes nothing.
+                break
+            }
+        }
+        if event == .download {
+            registry.modifyTask(taskID) { task in
+                if task.state == .running { task.originError = nil }
+            }
+        }
+    }
+
+    /// The origin failed the task: every other unfinished peer gets the origin's error.
+    private mutating func failTask(
+        _ taskID: String, with error: OriginError, reporter: PeerKey
+    ) -> [SchedulerAction] {
+        applyTaskEvent(.downloadFailed, to: taskID)
+        guard let task = registry.task(taskID) else { return [] }
+        registry.modifyTask(taskID) { task in
+            task.originError = error
+            task.waitingPeers = []
+            task.backToSourcePeers = []
+            task.triggeredSeedHosts = []
+        }
+        return task.peers.values
+            .filter { $0.id != reporter.peerID && !$0.stateMachine.isFinished }
+            .map(\.id).sorted()
+            .map { .send(PeerKey(taskID: taskID, peerID: $0), .sourceError(error)) }
+    }
+
+    /// A failed peer stops serving: its child edges go, and children left with no parent are scheduled again.
+    private mutating func afterDetach(_ key: PeerKey, now: ContinuousClock.Instant) -> [SchedulerAction] {
+        let orphans =
+            registry.modifyTask(key.taskID) { task -> [PeerKey] in
+                let children = task.dag.removeChildren(of: key.peerID)
+                for child in children { task.peers[child]?.parents.removeAll { $0 == key.peerID } }
+                return children.sorted().map { PeerKey(taskID: key.taskID, peerID: $0) }
+            } ?? []
+        return rescheduleOrphans(orphans, now: now)
+    }
+
+    private mutating func afterRemoval(_ removed: RemovedResources, now: ContinuousClock.Instant) -> [SchedulerAction] {
+        rescheduleOrphans(removed.orphanedChildren, now: now)
+    }
+
+    /// Schedules again the orphans that have no parent left and are still downloading from parents.
+    private mutating func rescheduleOrphans(_ orphans: [PeerKey], now: ContinuousClock.Instant) -> [SchedulerAction] {
+        var actions: [SchedulerAction] = []
+        for key in orphans {
+            guard let peer = registry.peer(key), peer.parents.isEmpty, !peer.stateMachine.isFinished,
+                peer.state != .backToSource
+            else { continue }
+            actions += reschedule(key, now: now)
+        }
+        return actions
+    }
+}

@@ -1,0 +1,267 @@
+import DragonflyCore
+import DragonflyScheduler
+import Testing
+
+@Suite("Peer scheduler")
+struct PeerSchedulerTests {
+    static let hosts = [Fixture.host("h1"), Fixture.host("h2"), Fixture.host("h3"), Fixture.host("h4")]
+    static let mib: Int64 = 1 << 20
+
+    static func digest(_ number: UInt32) -> String { "sha256:" + String(repeating: "\(number % 10)", count: 64) }
+
+    /// `reader` on h1 reads the origin for a task of `length` bytes and, when `complete`, finishes it.
+    static func readOrigin(
+        _ scheduler: inout PeerScheduler<SeededRandomNumberGenerator>, length: Int64, pieces: UInt32,
+        complete: Bool = true
+    ) throws {
+        let outcome = try scheduler.register(Fixture.registration("reader", host: "h1"), now: Fixture.start)
+        guard case .needBackToSource = outcome.decision else {
+            Issue.record("expected back-to-source, got \(outcome.decision)")
+            return
+        }
+        let reader = Fixture.key("reader")
+        _ = scheduler.handle(
+            .backToSourceStarted(contentLength: length, pieceLength: 4 * mib, responseHeader: ["ETag": "x"]),
+            from: reader, now: Fixture.start)
+        for number in 0..<pieces {
+            _ = scheduler.handle(
+                .pieceBackToSourceFinished(
+                    number: number, length: 4 * mib, cost: .milliseconds(10), digest: digest(number)),
+                from: reader, now: Fixture.start)
+        }
+        if complete {
+            _ = scheduler.handle(
+                .backToSourceFinished(contentLength: length, pieceCount: Int(pieces)), from: reader, now: Fixture.start)
+        }
+    }
+
+    @Test("an empty complete task is answered with EmptyTask")
+    func emptyTask() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 0, pieces: 0)
+        let outcome = try scheduler.register(Fixture.registration("p", host: "h2"), now: Fixture.at(1))
+        #expect(outcome.decision == .emptyTask)
+        #expect(outcome.actions == [.send(Fixture.key("p"), .emptyTask)])
+        #expect(scheduler.registry.peer(Fixture.key("p"))?.state == .receivedEmpty)
+    }
+
+    @Test("a tiny task carries its content inline once known, else is answered as small")
+    func tinyTask() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 5, pieces: 1)
+        let small = try scheduler.register(Fixture.registration("p", host: "h2"), now: Fixture.at(1))
+        guard case .smallTask(let plan) = small.decision else {
+            Issue.record("expected SmallTask without content, got \(small.decision)")
+            return
+        }
+        #expect(plan.pieceDigest == Self.digest(0) && plan.contentLength == 5)
+
+        scheduler.learnTinyContent(Array("hello".utf8), taskID: Fixture.taskID)
+        let tiny = try scheduler.register(Fixture.registration("q", host: "h3"), now: Fixture.at(1))
+        #expect(tiny.decision == .tinyTask(content: Array("hello".utf8)))
+        #expect(scheduler.registry.peer(Fixture.key("q"))?.state == .receivedTiny)
+    }
+
+    @Test("a one-piece task is answered with SmallTask: parent holding it and its trusted digest")
+    func smallTask() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: Self.mib, pieces: 1)
+        let outcome = try scheduler.register(Fixture.registration("p", host: "h2"), now: Fixture.at(1))
+        guard case .smallTask(let plan) = outcome.decision else {
+            Issue.record("expected SmallTask, got \(outcome.decision)")
+            return
+        }
+        #expect(plan.parents.map(\.peerID) == ["reader"])
+        #expect(plan.pieceDigest == Self.digest(0))
+        #expect(plan.responseHeader == ["ETag": "x"])
+        #expect(scheduler.registry.peer(Fixture.key("p"))?.state == .receivedSmall)
+    }
+
+    @Test("a normal task gets parents and every trusted digest")
+    func normalTask() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 10 * Self.mib, pieces: 3)
+        let outcome = try scheduler.register(Fixture.registration("p", host: "h2"), now: Fixture.at(1))
+        guard case .normalTask(let plan) = outcome.decision else {
+            Issue.record("expected NormalTask, got \(outcome.decision)")
+            return
+        }
+        #expect(plan.parents.map(\.peerID) == ["reader"])
+        #expect(plan.parents.first?.isFinished == true)
+        #expect(plan.pieceDigests == [0: Self.digest(0), 1: Self.digest(1), 2: Self.digest(2)])
+        #expect(plan.contentLength == 10 * Self.mib && plan.pieceLength == 4 * Self.mib && plan.pieceCount == 3)
+        #expect(scheduler.registry.peer(Fixture.key("p"))?.state == .receivedNormal)
+        #expect(scheduler.registry.task(Fixture.taskID)?.state == .succeeded)
+    }
+
+    @Test("digests are learnt from the origin reader and batched to downloading peers")
+    func digestBatching() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 2, complete: false)
+        let child = try scheduler.register(Fixture.registration("child", host: "h2"), now: Fixture.start)
+        guard case .normalTask(let plan) = child.decision else {
+            Issue.record("expected NormalTask, got \(child.decision)")
+            return
+        }
+        #expect(plan.pieceDigests.count == 2, "digests known so far travel with the parents")
+        #expect(scheduler.tasksWithPendingDigests == [Fixture.taskID])
+
+        let first = scheduler.drainDigestBatch(taskID: Fixture.taskID)
+        #expect(first?.batch.pieceDigests == [0: Self.digest(0), 1: Self.digest(1)])
+        #expect(first?.recipients == [Fixture.key("child")], "the reader itself is not told")
+        #expect(scheduler.drainDigestBatch(taskID: Fixture.taskID) == nil, "drained")
+
+        _ = scheduler.handle(
+            .pieceBackToSourceFinished(number: 2, length: 4 * Self.mib, cost: .milliseconds(5), digest: Self.digest(2)),
+            from: Fixture.key("reader"), now: Fixture.at(1))
+        let pushes = scheduler.drainDigestBatches()
+        let expected = DigestBatch(
+            taskID: Fixture.taskID, pieceDigests: [2: Self.digest(2)], contentLength: 40 * Self.mib, pieceCount: 10)
+        #expect(pushes == [.send(Fixture.key("child"), .pieceDigests(expected))])
+        #expect(scheduler.drainDigestBatches().isEmpty)
+    }
+
+    @Test("digests from a non-reader are not trusted; the first trusted digest wins")
+    func untrustedDigests() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 1, complete: false)
+        _ = try scheduler.register(Fixture.registration("child", host: "h2"), now: Fixture.start)
+        _ = scheduler.handle(
+            .pieceFinished(number: 5, parentID: "reader", length: 1, cost: .milliseconds(1), digest: "sha256:evil"),
+            from: Fixture.key("child"), now: Fixture.start)
+        _ = scheduler.handle(
+            .pieceBackToSourceFinished(number: 0, length: 1, cost: .milliseconds(1), digest: "sha256:other"),
+            from: Fixture.key("reader"), now: Fixture.start)
+        let digests = scheduler.registry.task(Fixture.taskID)?.trustedDigests
+        #expect(digests == [0: Self.digest(0)])
+    }
+
+    @Test("digests reported by a seed host's peer are trusted")
+    func seedDigests() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts + [Fixture.host("seed", kind: .seed)])
+        _ = try scheduler.register(Fixture.registration("s", host: "seed", pieces: [0]), now: Fixture.start)
+        _ = scheduler.handle(
+            .pieceFinished(number: 1, parentID: nil, length: 1, cost: .zero, digest: Self.digest(1)),
+            from: Fixture.key("s"), now: Fixture.start)
+        #expect(scheduler.registry.task(Fixture.taskID)?.trustedDigests == [1: Self.digest(1)])
+    }
+
+    @Test("an origin error fails the task and is broadcast to every other unfinished peer")
+    func originErrorBroadcast() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 0, complete: false)
+        _ = try scheduler.register(Fixture.registration("a", host: "h2"), now: Fixture.start)
+        _ = try scheduler.register(Fixture.registration("b", host: "h3"), now: Fixture.start)
+        _ = try scheduler.register(Fixture.registration("gone", host: "h4"), now: Fixture.start)
+        _ = scheduler.handle(.failed(reason: "disk full"), from: Fixture.key("gone"), now: Fixture.start)
+
+        let error = OriginError(statusCode: 404, header: ["X": "y"], message: "Not Found")
+        let actions = scheduler.handle(
+            .backToSourceFailed(reason: "404", originError: error), from: Fixture.key("reader"), now: Fixture.at(1))
+        #expect(
+            actions == [.send(Fixture.key("a"), .sourceError(error)), .send(Fixture.key("b"), .sourceError(error))])
+        let task = scheduler.registry.task(Fixture.taskID)
+        #expect(task?.state == .failed)
+        #expect(task?.originError == error)
+        #expect(task?.backToSourcePeers.isEmpty == true)
+    }
+
+    @Test("a failed origin reader without an origin error hands the origin to a waiting peer")
+    func readerFailsWithoutOriginError() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        _ = try scheduler.register(Fixture.registration("reader", host: "h1"), now: Fixture.start)
+        _ = try scheduler.register(Fixture.registration("next", host: "h2"), now: Fixture.start)
+        let actions = scheduler.handle(
+            .backToSourceFailed(reason: "reset", originError: nil), from: Fixture.key("reader"), now: Fixture.at(1))
+        guard case .send(Fixture.key("next"), .needBackToSource) = actions.first else {
+            Issue.record("expected the waiting peer to read the origin, got \(actions)")
+            return
+        }
+    }
+
+    @Test("a permanent piece failure blocklists the parent and reschedules; a temporary one does not")
+    func pieceFailed() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 10)
+        _ = try scheduler.register(Fixture.registration("mid", host: "h2", pieces: [0, 1]), now: Fixture.start)
+        _ = scheduler.handle(.started, from: Fixture.key("mid"), now: Fixture.start)
+        let child = try scheduler.register(Fixture.registration("child", host: "h3"), now: Fixture.start)
+        #expect(Set(child.decision.parents) == ["reader", "mid"])
+
+        let temporary = scheduler.handle(
+            .pieceFailed(number: 3, parentID: "mid", isTemporary: true), from: Fixture.key("child"), now: Fixture.start)
+        #expect(temporary.isEmpty)
+        #expect(scheduler.registry.host("h2")?.uploadFailureCount == 1)
+
+        let actions = scheduler.handle(
+            .pieceFailed(number: 3, parentID: "mid", isTemporary: false), from: Fixture.key("child"), now: Fixture.start
+        )
+        guard case .send(_, .normalTask(let plan)) = actions.first else {
+            Issue.record("expected new parents, got \(actions)")
+            return
+        }
+        #expect(plan.parents.map(\.peerID) == ["reader"])
+        let peer = scheduler.registry.peer(Fixture.key("child"))
+        #expect(peer?.blocklist == ["mid"] && peer?.rescheduleCount == 1)
+        #expect(scheduler.registry.task(Fixture.taskID)?.dag.parents(of: "child") == ["reader"])
+    }
+
+    @Test("reschedule honours the blocklist it carries")
+    func rescheduleBlocklist() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 10)
+        _ = try scheduler.register(Fixture.registration("child", host: "h3"), now: Fixture.start)
+        let actions = scheduler.handle(
+            .reschedule(blocklist: ["reader"]), from: Fixture.key("child"), now: Fixture.start)
+        #expect(actions.isEmpty, "no parent left and the task is complete: wait")
+        #expect(scheduler.registry.task(Fixture.taskID)?.waitingPeers == ["child"])
+    }
+
+    @Test("a parent that leaves gets its children rescheduled")
+    func parentLeaves() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 10)
+        _ = try scheduler.register(Fixture.registration("mid", host: "h2", pieces: [0]), now: Fixture.start)
+        _ = scheduler.handle(.started, from: Fixture.key("mid"), now: Fixture.start)
+        _ = try scheduler.register(
+            Fixture.registration("child", host: "h3"), now: Fixture.start)
+        _ = scheduler.handle(.reschedule(blocklist: ["reader"]), from: Fixture.key("child"), now: Fixture.start)
+        #expect(scheduler.registry.peer(Fixture.key("child"))?.parents == ["mid"])
+
+        let outcome = scheduler.leavePeer(Fixture.key("mid"), now: Fixture.at(1))
+        #expect(outcome.removed.peers == [Fixture.key("mid")])
+        #expect(outcome.actions.isEmpty, "its child's only other parent is blocklisted: it waits")
+        #expect(scheduler.registry.task(Fixture.taskID)?.waitingPeers == ["child"])
+    }
+
+    @Test("events for unknown peers or in the wrong state are rejected, not trapped")
+    func rejections() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        let unknown = scheduler.handle(.started, from: Fixture.key("nobody"), now: Fixture.start)
+        guard case .reject(_, let code, _) = unknown.first else {
+            Issue.record("expected a rejection, got \(unknown)")
+            return
+        }
+        #expect(code == .notFound)
+        _ = try scheduler.register(Fixture.registration("p", host: "h1"), now: Fixture.start)
+        _ = scheduler.handle(.finished(contentLength: 1, pieceCount: 1), from: Fixture.key("p"), now: Fixture.start)
+        let late = scheduler.handle(.started, from: Fixture.key("p"), now: Fixture.start)
+        guard case .reject(_, let lateCode, _) = late.first else {
+            Issue.record("expected a rejection, got \(late)")
+            return
+        }
+        #expect(lateCode == .failedPrecondition)
+        #expect(throws: DragonflyError.self) {
+            try scheduler.register(Fixture.registration("x", host: "unknown-host"), now: Fixture.start)
+        }
+    }
+
+    @Test("GC through the scheduler removes stale peers")
+    func garbageCollection() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        _ = try scheduler.register(Fixture.registration("p", host: "h1"), now: Fixture.start)
+        #expect(scheduler.collectGarbage(now: Fixture.at(60)).removed.isEmpty)
+        let outcome = scheduler.collectGarbage(now: Fixture.at(31 * 60))
+        #expect(outcome.removed.peers == [Fixture.key("p")])
+    }
+}
