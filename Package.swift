@@ -263,6 +263,10 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -283,7 +287,14 @@ let package = Package(
         ),
         .testTarget(
             name: "DragonflyDaemonTests",
-            dependencies: ["DragonflyDaemon", "DragonflyCore", "DragonflyTestSupport"],
+            dependencies: [
+                "DragonflyDaemon", "DragonflyCore", "DragonflyTelemetry", "DragonflyTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -293,7 +304,11 @@ let package = Package(
         ),
         .testTarget(
             name: "DragonflyClientTests",
-            dependencies: ["DragonflyClient", "DragonflyCore", "DragonflyTestSupport"],
+            dependencies: [
+                "DragonflyClient", "DragonflyCore", "DragonflyStorage", "DragonflySource", "DragonflyTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,4 +1,4 @@
-package import DragonflyCore
+import DragonflyCore
 package import Logging
 import Metrics
 package import Prometheus
@@ -18,9 +18,14 @@ package struct Telemetry: Sendable {
         self.role = role
         self.registry = registry
         registry.makeGauge(
-            name: "dragonfly_\(role)_build_info",
-            labels: [("version", DragonflyVersion.current), ("role", role)],
-            help: "Build information of the running dragonfly \(role); always 1."
+            descriptor: MetricNameDescriptor(
+                namespace: "dragonfly",
+                subsystem: role,
+                metricName: "build",
+                unitName: "info",
+                helpText: "Build information of the running dragonfly \(role); always 1."
+            ),
+            labels: [("version", DragonflyVersion.current), ("role", role)]
         ).set(Double(1))
     }
 

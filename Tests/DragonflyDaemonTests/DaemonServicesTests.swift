@@ -1,0 +1,98 @@
+import AsyncHTTPClient
+import DragonflyCore
+import DragonflyDaemon
+import DragonflyTelemetry
+import DragonflyTestSupport
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import ServiceLifecycle
+import Testing
+
+/// `makeDaemonServices` in-process, on port 0, with a real ServiceGroup (no subprocess).
+@Suite(.serialized) struct DaemonServicesTests {
+    static func config(_ dir: TemporaryDirectory) -> DaemonConfig {
+        var config = DaemonConfig()
+        config.dataDir = dir.appending("data")
+        config.socket = dir.appending("run/daemon.sock")
+        let any = ListenAddress(host: "127.0.0.1", port: 0)
+        config.listen.peer = any
+        config.listen.proxy = any
+        config.listen.metrics = any
+        config.listen.health = any
+        config.listen.piece = any
+        return config
+    }
+
+    static func withDaemon<T: Sendable>(
+        _ dir: TemporaryDirectory,
+        _ body: ([String: String]) async throws -> T
+    ) async throws -> T {
+        let logger = Logger(label: "test")
+        let role = try makeDaemonServices(
+            config: config(dir), mode: .normal, registry: PluginRegistry(), telemetry: Telemetry(role: "daemon"),
+            logger: logger
+        )
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: role.services, logger: logger))
+        return try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            var listeners: [String: String] = [:]
+            for listener in role.listeners { listeners[listener.name] = try await listener.value() }
+            try await role.readiness()
+            let result: T
+            do {
+                result = try await body(listeners)
+            } catch {
+                await group.triggerGracefulShutdown()
+                try? await tasks.waitForAll()
+                throw error
+            }
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+            withExtendedLifetime(role.retained) {}
+            return result
+        }
+    }
+
+    static func status(_ url: String) async throws -> Int {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(10))
+        _ = try await response.body.collect(upTo: 1 << 20)
+        return Int(response.status.code)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func listenersBindAndThePieceServerValidatesInput() async throws {
+        try await withTemporaryDirectory { dir in
+            try await Self.withDaemon(dir) { listeners in
+                #expect(Set(listeners.keys) == ["peer", "proxy", "metrics", "health", "piece"])
+                // The local API socket exists once the role is ready.
+                #expect(FileManager.default.fileExists(atPath: dir.appending("run/daemon.sock")))
+                let piece = try #require(listeners["piece"])
+                let task = String(repeating: "ab", count: 32)
+                #expect(try await Self.status("http://\(piece)/pieces/not-a-task/0") == 400)
+                #expect(try await Self.status("http://\(piece)/pieces/\(task.uppercased())/0") == 400)
+                #expect(try await Self.status("http://\(piece)/pieces/..%2F..%2Fetc%2Fpasswd/0") == 400)
+                #expect(try await Self.status("http://\(piece)/pieces/\(task)/-1") == 400)
+                #expect(try await Self.status("http://\(piece)/pieces/\(task)/0") == 404)
+                #expect(try await Self.status("http://\(try #require(listeners["health"]))/healthy") == 200)
+            }
+        }
+    }
+
+    @Test func aSecondDaemonOnTheSameDataDirIsRefused() async throws {
+        try await withTemporaryDirectory { dir in
+            try await Self.withDaemon(dir) { _ in
+                #expect {
+                    _ = try makeDaemonServices(
+                        config: Self.config(dir), mode: .seed, registry: PluginRegistry(),
+                        telemetry: Telemetry(role: "cdn"), logger: Logger(label: "test")
+                    )
+                } throws: { error in
+                    let error = error as? DragonflyError
+                    return error?.code == .failedPrecondition && error?.message.contains("locked by process") == true
+                }
+            }
+        }
+    }
+}
