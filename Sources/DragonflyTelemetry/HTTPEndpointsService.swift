@@ -2,7 +2,7 @@ package import DragonflyCore
 package import Hummingbird
 package import Logging
 import NIOCore
-package import ServiceLifecycle
+import ServiceLifecycle
 
 /// A Hummingbird HTTP/1.1 listener that publishes its bound address and stops on graceful shutdown.
 ///

@@ -81,7 +81,7 @@ import Testing
     }
 
     @Test func aSecondDaemonOnTheSameDataDirIsRefused() async throws {
-        try await withTemporaryDirectory { dir in
+        _ = try await withTemporaryDirectory { dir in
             try await Self.withDaemon(dir) { _ in
                 #expect {
                     _ = try makeDaemonServices(
