@@ -5,7 +5,8 @@ package import Logging
 import ServiceLifecycle
 
 /// Builds the services of `dragonfly manager`: the REST/console listener (with `/healthy` and `/metrics`) and
-/// the gRPC Manager service. Takes the data-dir lock first, so a second manager on the same dir exits 1.
+/// the gRPC Manager service, over the store (SQLite in the data dir, or PostgreSQL), migrated at start. Takes
+/// the data-dir lock first, so a second manager on the same dir exits 1.
 package func makeManagerServices(
     config: ManagerConfig,
     telemetry: Telemetry,
@@ -13,8 +14,9 @@ package func makeManagerServices(
 ) throws -> RoleServices {
     let dataDirectory = RolePaths.resolve(config.dataDir, default: RolePaths.defaultDataDirectory(role: "manager"))
     let lock = try DataDirectoryLock(directory: dataDirectory)
+    let store = StoreService(config: config, dataDirectory: dataDirectory, logger: logger)
     let http = HTTPListenerService.endpoints(name: "http", address: config.listen, telemetry: telemetry, logger: logger)
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: http)]
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: store), .init(service: http)]
     var listeners = [http.listener]
     let grpc = try GRPCServerService(
         address: .tcp(host: config.grpcListen.host, port: config.grpcListen.port),
@@ -23,5 +25,11 @@ package func makeManagerServices(
     )
     services.append(.init(service: grpc))
     listeners.append(grpc.listener)
-    return RoleServices(role: "manager", services: services, listeners: listeners, retained: [lock])
+    return RoleServices(
+        role: "manager",
+        services: services,
+        listeners: listeners,
+        readiness: { _ = try await store.ready() },
+        retained: [lock]
+    )
 }
