@@ -44,6 +44,7 @@ package struct OriginDownload: Sendable {
         let contentLength: Int64
         var originBytes: Int64 = 0
         var cachedBytes: Int64 = 0
+        var streamedBytes: Int64?
 
         if let held, held.isFinished, let length = held.contentLength {
             // Step 1 of DESIGN §6: a complete task in local storage is exported without touching the origin.
@@ -104,19 +105,32 @@ package struct OriginDownload: Sendable {
                         ),
                         logger: logger
                     )
-                    summary = try await fetcher.fetch(
-                        sourceRequest,
-                        metadata: metadata,
-                        pieceLength: pieceLength,
-                        pieces: needed
-                    ) { [store] number, bytes in
-                        try await store.writePiece(taskID: taskID, number: number, bytes: bytes)
-                        let snapshot = counters.withLock { state in
-                            state.completedBytes += Int64(bytes.readableBytes)
-                            state.originBytes += Int64(bytes.readableBytes)
-                            return state
+                    let fetch: @Sendable (@escaping @Sendable (Int) -> Void) async throws -> PieceFetchSummary = {
+                        [store] pieceLanded in
+                        try await fetcher.fetch(
+                            sourceRequest,
+                            metadata: metadata,
+                            pieceLength: pieceLength,
+                            pieces: needed
+                        ) { number, bytes in
+                            try await store.writePiece(taskID: taskID, number: number, bytes: bytes)
+                            let snapshot = counters.withLock { state in
+                                state.completedBytes += Int64(bytes.readableBytes)
+                                state.originBytes += Int64(bytes.readableBytes)
+                                return state
+                            }
+                            progress(snapshot)
+                            pieceLanded(number)
                         }
-                        progress(snapshot)
+                    }
+                    if request.output == nil, request.digest == nil, let length = metadata.contentLength {
+                        // `-O -` without a digest: write each piece as soon as it and all before it are held.
+                        let range = outputRange(contentLength: length) ?? 0..<length
+                        summary = try await streamToStandardOutput(
+                            range: range, contentLength: length, pieceLength: pieceLength, fetch: fetch)
+                        streamedBytes = Int64(range.count)
+                    } else {
+                        summary = try await fetch { _ in }
                     }
                 }
                 originBytes = counters.withLock { $0.originBytes }
@@ -137,7 +151,12 @@ package struct OriginDownload: Sendable {
             }
         }
 
-        let outputBytes = try await writeOutput(taskID: taskID, contentLength: contentLength)
+        let outputBytes: Int64
+        if let streamedBytes {
+            outputBytes = streamedBytes
+        } else {
+            outputBytes = try await writeOutput(taskID: taskID, contentLength: contentLength)
+        }
         return GetSummary(
             taskID: taskID,
             outputBytes: outputBytes,
@@ -146,6 +165,54 @@ package struct OriginDownload: Sendable {
             cachedBytes: cachedBytes,
             elapsed: clock.now - started
         )
+    }
+
+    /// Runs `fetch` while writing bytes `range` to standard output in order, each piece as soon as it and every
+    /// piece before it are held (pieces already in the cache count from the start). Memory stays bounded: the
+    /// bytes are read back from the store piece by piece.
+    private func streamToStandardOutput(
+        range: Range<Int64>,
+        contentLength: Int64,
+        pieceLength: Int64,
+        fetch: @escaping @Sendable (@escaping @Sendable (Int) -> Void) async throws -> PieceFetchSummary
+    ) async throws -> PieceFetchSummary {
+        let taskID = request.taskID
+        guard let pieces = PieceMath.pieces(covering: range, contentLength: contentLength, pieceLength: pieceLength)
+        else { return try await fetch { _ in } }
+        let (landed, continuation) = AsyncStream.makeStream(of: Int.self)
+        return try await withThrowingTaskGroup(of: PieceFetchSummary?.self) { group in
+            group.addTask {
+                defer { continuation.finish() }
+                return try await fetch { continuation.yield($0) }
+            }
+            group.addTask { [store] in
+                var next = pieces.lowerBound
+                var ready = Set<Int>()
+                var iterator = landed.makeAsyncIterator()
+                while next <= pieces.upperBound {
+                    if ready.remove(next) != nil || store.hasPiece(taskID: taskID, number: next) {
+                        let start = max(Int64(next) * pieceLength, range.lowerBound)
+                        let end = min(Int64(next + 1) * pieceLength, range.upperBound)
+                        try await store.readRange(taskID: taskID, range: start..<end) { buffer in
+                            try StandardOutput.write(buffer)
+                        }
+                        next += 1
+                    } else if let number = await iterator.next() {
+                        ready.insert(number)
+                    } else {
+                        throw DragonflyError(
+                            code: .internalError, message: "piece \(next) of \(request.url) never arrived")
+                    }
+                }
+                return nil
+            }
+            var summary: PieceFetchSummary?
+            for try await result in group where result != nil { summary = result }
+            guard let summary else {
+                throw DragonflyError(code: .internalError, message: "the download of \(request.url) ended early")
+            }
+            return summary
+        }
     }
 
     /// The pieces the requested range touches that are not held yet; nil means "all, length unknown".

@@ -151,6 +151,38 @@ struct GetNoDaemonTests {
         }
     }
 
+    @Test func standardOutputStreamsWhileDownloading() async throws {
+        let content = Self.bytes(16 << 20, seed: 21)
+        try await withNginxOrigin { origin in
+            try origin.writeFile("blob.bin", contents: content)
+            try await withTemporaryDirectory { dir in
+                // 4 pieces at 4 MiB/s over one connection: about 4 s in all, the first piece after about 1 s.
+                let slow = origin.rateLimitedURL(for: "blob.bin", bytesPerSecond: 4 << 20)
+                let arguments = [
+                    "get", slow, "-O", "-", "--no-daemon", "--data-dir", dir.appending("data"), "--origin-connections",
+                    "1",
+                ]
+                try await withDragonfly(arguments, readyFile: false) { process in
+                    try await poll(timeLimit: .seconds(60), description: "the first piece on standard output") {
+                        (Self.read(process.standardOutputPath)?.count ?? 0) >= 4 << 20
+                    }
+                    // Bytes arrived before the download finished: streamed, not written at the end.
+                    #expect(try process.exitStatus() == nil)
+                    #expect(try await process.waitForExit(timeLimit: .seconds(60)) == .exited(0))
+                    #expect(Self.read(process.standardOutputPath) == content)
+                }
+                let rangeArguments = [
+                    "get", origin.url(for: "blob.bin"), "-O", "-", "--no-daemon", "--data-dir", dir.appending("data2"),
+                    "--range", "5000000-9000000",
+                ]
+                try await withDragonfly(rangeArguments, readyFile: false) { process in
+                    #expect(try await process.waitForExit(timeLimit: .seconds(60)) == .exited(0))
+                    #expect(Self.read(process.standardOutputPath) == Array(content[5_000_000...9_000_000]))
+                }
+            }
+        }
+    }
+
     @Test func outputPathRules() async throws {
         try await withNginxOrigin { origin in
             try origin.writeFile("small.bin", contents: Self.bytes(1000))
