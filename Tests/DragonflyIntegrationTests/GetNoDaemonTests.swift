@@ -176,7 +176,8 @@ struct GetNoDaemonTests {
                     "--range", "5000000-9000000",
                 ]
                 try await withDragonfly(rangeArguments, readyFile: false) { process in
-                    #expect(try await process.waitForExit(timeLimit: .seconds(60)) == .exited(0))
+                    let status = try await process.waitForExit(timeLimit: .seconds(60))
+                    #expect(status == .exited(0))
                     #expect(Self.read(process.standardOutputPath) == Array(content[5_000_000...9_000_000]))
                 }
             }
