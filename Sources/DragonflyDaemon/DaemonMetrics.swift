@@ -1,0 +1,29 @@
+package import DragonflyTelemetry
+package import Prometheus
+
+/// The byte counters of DESIGN §12 (`dragonfly_daemon_…`, or `dragonfly_cdn_…` in seed mode), which every test
+/// and benchmark reads to tell peer bytes from origin bytes.
+package struct DaemonMetrics: Sendable {
+    /// Verified piece bytes fetched from other peers.
+    package let downloadPeerBytes: Counter
+    /// Piece bytes read from the origin.
+    package let downloadOriginBytes: Counter
+    /// Bytes served to a caller from the local cache without fetching (a task already held).
+    package let downloadLocalBytes: Counter
+    /// Piece bytes sent to other peers by the piece server.
+    package let uploadBytes: Counter
+
+    package init(telemetry: Telemetry) {
+        func counter(_ name: String, _ help: String, source: String?) -> Counter {
+            let descriptor = MetricNameDescriptor(
+                namespace: "dragonfly", subsystem: telemetry.role, metricName: name, unitName: "bytes_total",
+                helpText: help)
+            return telemetry.registry.makeCounter(descriptor: descriptor, labels: source.map { [("source", $0)] } ?? [])
+        }
+        let help = "Bytes of pieces this host downloaded, by where they came from."
+        downloadPeerBytes = counter("download", help, source: "peer")
+        downloadOriginBytes = counter("download", help, source: "origin")
+        downloadLocalBytes = counter("download", help, source: "local")
+        uploadBytes = counter("upload", "Bytes of pieces this host served to other peers.", source: nil)
+    }
+}
