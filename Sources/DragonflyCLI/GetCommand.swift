@@ -35,8 +35,15 @@ struct GetCommand: AsyncParsableCommand {
     @Option(help: "Download rate limit in bytes/s (e.g. 10M).") var ratelimit: ByteSize?
     @Flag(help: "Never read the origin.") var disableBackSource = false
     @Flag(help: "Download straight from the origin without a daemon.") var noDaemon = false
-    @Option(help: "Data directory for --no-daemon (default: a private cache).") var dataDir: String?
-    @Option(help: "Local daemon socket.") var socket: String?
+    @Option(
+        help:
+            "Data directory: the auto-started daemon's, or the cache of --no-daemon (default: the daemon's, or a private cache)."
+    ) var dataDir: String?
+    @Option(help: "Local daemon socket (default: the daemon config's, else the daemon's default).") var socket: String?
+    @Option(help: "Configuration file of a daemon this command starts (default: $DRAGONFLY_DAEMON_CONFIG).")
+    var daemonConfig: String?
+    @Option(help: "A daemon this command starts exits after this long without work (e.g. 30s, 5m).")
+    var daemonIdleExit: ConfigDuration = .minutes(5)
     @Flag(help: "No progress bar, only the summary line.") var noProgress = false
     @Option(help: "Fixed piece length (4M-64M, a power of two); changes the task ID.") var pieceLength: ByteSize?
     @Option(help: "Connections to the origin for --no-daemon.") var originConnections: Int = 4
@@ -63,6 +70,7 @@ struct GetCommand: AsyncParsableCommand {
         }
         if !(1...64).contains(originConnections) { throw ValidationError("--origin-connections must be 1-64") }
         if let ratelimit, ratelimit.bytes <= 0 { throw ValidationError("--ratelimit must be positive") }
+        if daemonIdleExit.milliseconds <= 0 { throw ValidationError("--daemon-idle-exit must be positive") }
     }
 
     func run() async throws {
@@ -98,7 +106,17 @@ struct GetCommand: AsyncParsableCommand {
             disableBackToSource: disableBackSource
         )
         let showProgress = !noProgress && isatty(2) == 1
-        let status = await GetRunner.run(request, dataDirectory: dataDir, showProgress: showProgress)
+        let environmentConfig = getenv("DRAGONFLY_DAEMON_CONFIG").map { String(cString: $0) }
+        let settings = GetRunner.Settings(
+            useDaemon: !noDaemon,
+            dataDirectory: dataDir,
+            socket: socket,
+            daemonConfig: daemonConfig ?? environmentConfig.flatMap { $0.isEmpty ? nil : $0 },
+            daemonIdleExit: daemonIdleExit.duration,
+            priority: priority,
+            showProgress: showProgress
+        )
+        let status = await GetRunner.run(request, settings: settings)
         throw ProcessExit(code: status)
     }
 }

@@ -13,27 +13,54 @@ import Glibc
 import Darwin
 #endif
 
-/// Runs `dragonfly get`: picks the data directory, races the download against `--timeout` and SIGINT/SIGTERM,
-/// shows progress, and turns the outcome into an exit code (DESIGN §15: 0, 1 with one line naming the cause,
-/// 130/143 when interrupted — the output is untouched and no temporary is left).
+/// Runs `dragonfly get`: through the local daemon (starting one when none answers) or, with `--no-daemon` and
+/// as the fallback when no daemon can serve, straight from the origin; races the download against `--timeout`
+/// and SIGINT/SIGTERM, shows progress, and turns the outcome into an exit code (DESIGN §15: 0, 1 with one line
+/// naming the cause, 2 for an invalid daemon configuration, 130/143 when interrupted — the output is untouched
+/// and no temporary is left).
 enum GetRunner {
+    /// How to run the download, from the command line.
+    struct Settings: Sendable {
+        /// False for `--no-daemon`.
+        var useDaemon: Bool
+        /// `--data-dir`: the auto-started daemon's data dir, or the `--no-daemon` cache.
+        var dataDirectory: String?
+        /// `--socket`.
+        var socket: String?
+        /// `--daemon-config` (or `DRAGONFLY_DAEMON_CONFIG`).
+        var daemonConfig: String?
+        /// `--daemon-idle-exit`.
+        var daemonIdleExit: Duration
+        /// `--priority`.
+        var priority: Int
+        var showProgress: Bool
+    }
+
+    /// How long `get` waits for a daemon it started to answer on its socket.
+    static let daemonStartTimeLimit: Duration = .seconds(10)
+
+    private struct Finished: Sendable {
+        var summary: GetSummary
+        /// Bytes from peers; nil when the origin path ran.
+        var peerBytes: Int64?
+    }
+
     private enum Outcome: Sendable {
-        case finished(GetSummary)
+        case finished(Finished)
         case failed(DragonflyError)
         case timedOut(Duration)
         case interrupted(Int32)
     }
 
-    static func run(_ request: GetRequest, dataDirectory: String?, showProgress: Bool) async -> Int32 {
+    static func run(_ request: GetRequest, settings: Settings) async -> Int32 {
         let logger = Logger(label: "dragonfly.get")
-        let display = ProgressDisplay(url: request.url, isTerminal: showProgress)
+        let display = ProgressDisplay(url: request.url, isTerminal: settings.showProgress)
         let outcome: Outcome = await withTaskGroup(of: Outcome?.self) { group in
             group.addTask {
                 do {
-                    return .finished(
-                        try await download(request, dataDirectory: dataDirectory, display: display, logger: logger))
+                    return .finished(try await download(request, settings: settings, display: display, logger: logger))
                 } catch let error as DragonflyError {
-                    return .failed(error)
+                    return error.code == .cancelled && Task.isCancelled ? nil : .failed(error)
                 } catch is CancellationError {
                     return nil
                 } catch {
@@ -68,8 +95,9 @@ enum GetRunner {
         }
         display.finish()
         switch outcome {
-        case .finished(let summary):
-            writeToStandardError(display.summaryLine(summary, output: request.output) + "\n")
+        case .finished(let finished):
+            writeToStandardError(
+                display.summaryLine(finished.summary, output: request.output, peerBytes: finished.peerBytes) + "\n")
             return 0
         case .failed(let error):
             writeToStandardError("dragonfly: \(error.description)\n")
@@ -87,14 +115,124 @@ enum GetRunner {
 
     private static func download(
         _ request: GetRequest,
-        dataDirectory: String?,
+        settings: Settings,
+        display: ProgressDisplay,
+        logger: Logger
+    ) async throws -> Finished {
+        guard settings.useDaemon else {
+            let summary = try await originDownload(
+                request, workspace: try GetWorkspace.open(settings.dataDirectory), display: display, logger: logger)
+            return Finished(summary: summary, peerBytes: nil)
+        }
+        let reason: DragonflyError
+        switch await daemonDownload(request, settings: settings, display: display, logger: logger) {
+        case .success(let finished):
+            return finished
+        case .failure(let error) where DaemonClient.isDaemonUnavailable(error):
+            reason = error
+        case .failure(let error):
+            throw error
+        }
+        guard !request.disableBackToSource else {
+            throw DragonflyError(
+                code: .unavailable,
+                message:
+                    "the local daemon cannot serve \(request.url) and back-to-source is disabled: \(reason.message)"
+            )
+        }
+        logger.warning(
+            "the local daemon cannot serve; downloading from the origin",
+            metadata: ["df.daemon.error": "\(reason.message)"])
+        let summary = try await originDownload(
+            request, workspace: try GetWorkspace.openForFallback(settings.dataDirectory), display: display,
+            logger: logger)
+        return Finished(summary: summary, peerBytes: nil)
+    }
+
+    /// Downloads through the daemon at the socket, starting one first when none answers. A failure that
+    /// ``DaemonClient/isDaemonUnavailable(_:)`` accepts means the origin path may run instead (nothing was
+    /// written yet).
+    private static func daemonDownload(
+        _ request: GetRequest,
+        settings: Settings,
+        display: ProgressDisplay,
+        logger: Logger
+    ) async -> Result<Finished, DragonflyError> {
+        var launch = DaemonLaunchConfiguration(
+            executablePath: "",
+            socketPath: settings.socket ?? DaemonSocket.defaultPath,
+            dataDirectory: settings.dataDirectory,
+            configPath: settings.daemonConfig,
+            idleExit: settings.daemonIdleExit
+        )
+        // An invalid daemon configuration is the caller's error (exit 2), whether or not a daemon must start.
+        let config: DaemonConfig
+        switch Result(catching: { () throws(DragonflyError) in try launch.loadDaemonConfig().config }) {
+        case .success(let loaded): config = loaded
+        case .failure(let error): return .failure(error)
+        }
+        if settings.socket == nil, !config.socket.isEmpty {
+            launch.socketPath = config.socket
+        }
+        switch Result(catching: { () throws(DragonflyError) in try DaemonLauncher.currentExecutablePath() }) {
+        case .success(let path): launch.executablePath = path
+        case .failure(let error): return .failure(DragonflyError(code: .unavailable, message: error.message))
+        }
+        let started = await capture { () async throws(DragonflyError) in
+            try await DaemonLauncher.ensureRunning(launch, timeLimit: daemonStartTimeLimit, logger: logger)
+        }
+        if case .failure(let error) = started {
+            let isFatal = error.code == .configuration || error.code == .cancelled
+            return .failure(isFatal ? error : DragonflyError(code: .unavailable, message: error.message))
+        }
+        let client = DaemonClient(socketPath: launch.socketPath, logger: logger)
+        let download = DaemonDownload(
+            request: request,
+            client: client,
+            priority: settings.priority,
+            dataDirectory: try? launch.effectiveDataDirectory()
+        )
+        let result = await capture { () async throws(DragonflyError) in
+            try await download.run { progress in
+                display.update(progress.getProgress, peerBytes: progress.bytesFromPeers)
+            }
+        }
+        switch result {
+        case .success(let result):
+            return .success(Finished(summary: result.summary, peerBytes: result.peerBytes))
+        case .failure(let error) where DaemonClient.isDaemonUnavailable(error):
+            if download.hasWrittenToStandardOutput {
+                // Part of the stream is out: starting again elsewhere would corrupt it.
+                return .failure(DragonflyError(code: .failedPrecondition, message: error.message))
+            }
+            return .failure(
+                DragonflyError(
+                    code: error.code, message: "the daemon at \(launch.socketPath) failed: \(error.message)"))
+        case .failure(let error):
+            return .failure(error)
+        }
+    }
+
+    /// The outcome of `body` as a value.
+    private static func capture<Value>(
+        _ body: () async throws(DragonflyError) -> Value
+    ) async -> Result<Value, DragonflyError> {
+        do {
+            return .success(try await body())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    private static func originDownload(
+        _ request: GetRequest,
+        workspace: GetWorkspace,
         display: ProgressDisplay,
         logger: Logger
     ) async throws -> GetSummary {
+        defer { workspace.close() }
         let registry = PluginRegistry()
         try registerBuiltinMedia(into: registry)
-        let workspace = try GetWorkspace.open(dataDirectory)
-        defer { workspace.close() }
         let sources = try registerBuiltinSources(into: registry)
         let medium = try registry.makeMedium(
             named: "disk",
@@ -137,6 +275,20 @@ struct GetWorkspace {
         if let lock = try? DataDirectoryLock(directory: shared) {
             return GetWorkspace(path: shared, lock: lock, isTemporary: false)
         }
+        return try openTemporary()
+    }
+
+    /// The data directory of the origin fallback: like ``open(_:)``, but a given directory that another process
+    /// holds (the daemon that could not serve) is replaced by a temporary one.
+    static func openForFallback(_ requested: String?) throws -> GetWorkspace {
+        guard let requested else { return try open(nil) }
+        if let lock = try? DataDirectoryLock(directory: requested) {
+            return GetWorkspace(path: requested, lock: lock, isTemporary: false)
+        }
+        return try openTemporary()
+    }
+
+    private static func openTemporary() throws -> GetWorkspace {
         var template = Array("/tmp/dragonfly-get-XXXXXX".utf8CString)
         let created = template.withUnsafeMutableBufferPointer { buffer in
             buffer.baseAddress.map { mkdtemp($0) != nil } ?? false

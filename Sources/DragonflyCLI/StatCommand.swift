@@ -1,5 +1,7 @@
 import ArgumentParser
+import DragonflyClient
 import DragonflyCore
+import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -28,6 +30,9 @@ struct StatCommand: AsyncParsableCommand {
         }
     }
 
+    /// How long `stat` waits for the daemon (connection included).
+    static let daemonDeadline: Duration = .seconds(1)
+
     func run() async throws {
         let id = TaskID.make(
             url: url,
@@ -37,33 +42,53 @@ struct StatCommand: AsyncParsableCommand {
             filteredQueryParams: filter.map(URLFilter.parseList)
         )
         print("task \(id)")
-        let path = socket ?? RolePaths.defaultSocket(role: "daemon")
-        if UnixSocketProbe.canConnect(path: path) {
-            print("daemon: running at \(path)")
-        } else {
-            print("daemon: not running")
+        fflush(nil)
+        let path = socket ?? DaemonSocket.defaultPath
+        let client = DaemonClient(socketPath: path, logger: Logger(label: "dragonfly.stat"))
+        for line in await Self.report(taskID: id, client: client) {
+            print(line)
         }
     }
-}
 
-/// Checks whether something accepts connections on a unix socket.
-enum UnixSocketProbe {
-    static func canConnect(path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in bytes.enumerated() { raw[index] = byte }
-        }
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+    /// The lines after `task <id>`: what the daemon at the socket (and its scheduler) knows of the task.
+    static func report(taskID: TaskID, client: DaemonClient) async -> [String] {
+        let stat: DaemonTaskStat
+        do {
+            stat = try await client.stat(taskID: taskID, askScheduler: true, timeout: daemonDeadline)
+        } catch {
+            switch error.code {
+            case .unavailable:
+                return ["daemon: not running"]
+            case .deadlineExceeded:
+                return ["daemon: no answer from \(client.socketPath) within \(ConfigDuration(milliseconds: 1000))"]
+            default:
+                return ["daemon: running at \(client.socketPath)", "daemon: stat failed: \(error.message)"]
             }
         }
-        return result == 0
+        var lines = ["daemon: running at \(client.socketPath)"]
+        if let local = stat.local {
+            lines.append("local: " + describe(local, pieces: "held"))
+        } else {
+            lines.append("local: not cached")
+        }
+        if let scheduler = stat.scheduler {
+            lines.append(
+                "scheduler: " + describe(scheduler, pieces: "known")
+                    + ", \(scheduler.peerCount) peers (\(scheduler.availablePeerCount) can serve)")
+        } else if !stat.schedulerError.isEmpty {
+            lines.append("scheduler: not asked: \(stat.schedulerError)")
+        } else {
+            lines.append("scheduler: unknown task")
+        }
+        return lines
+    }
+
+    private static func describe(_ info: DaemonTaskInfo, pieces: String) -> String {
+        var text = info.state
+        text += ", " + (info.contentLength.map { "\($0) bytes" } ?? "length unknown")
+        let count = info.pieceCount.map { "/\($0)" } ?? ""
+        text += ", \(info.heldPieces)\(count) pieces \(pieces)"
+        if info.pieceLength > 0 { text += " of \(ByteSize(bytes: info.pieceLength))" }
+        return text
     }
 }
