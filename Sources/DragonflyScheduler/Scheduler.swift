@@ -12,18 +12,20 @@ package func makeSchedulerServices(
     logger: Logger
 ) throws -> RoleServices {
     // Fail fast on a strategy name nobody registered.
-    _ = try registry.strategy(named: config.scheduling.strategy)
+    let strategy = try registry.strategy(named: config.scheduling.strategy)
+    let scheduler = SchedulerService(config: config, strategy: strategy, telemetry: telemetry, logger: logger)
     let metrics = HTTPListenerService.endpoints(
         name: "metrics", address: config.metricsListen, telemetry: telemetry, logger: logger)
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: metrics)]
     var listeners = [metrics.listener]
-    // The Scheduler service's handlers are registered here as they are built (P2P core).
     let grpc = try GRPCServerService(
         address: .tcp(host: config.listen.host, port: config.listen.port),
-        services: [],
+        services: [scheduler],
         logger: logger
     )
     services.append(.init(service: grpc))
     listeners.append(grpc.listener)
+    // After the server in the group, so it stops first on shutdown.
+    services.append(.init(service: scheduler.makeMaintenanceService()))
     return RoleServices(role: "scheduler", services: services, listeners: listeners)
 }
