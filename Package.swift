@@ -303,6 +303,9 @@ let package = Package(
             name: "DragonflyDaemonTests",
             dependencies: [
                 "DragonflyDaemon", "DragonflyCore", "DragonflyTelemetry", "DragonflyTestSupport",
+                "DragonflyStorage", "DragonflyProto", "DragonflyRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -320,6 +323,10 @@ let package = Package(
             name: "DragonflyClientTests",
             dependencies: [
                 "DragonflyClient", "DragonflyCore", "DragonflyStorage", "DragonflySource", "DragonflyTestSupport",
+                "DragonflyProto", "DragonflyRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
