@@ -36,13 +36,22 @@ package final class DaemonDownload: Sendable {
     package let priority: Int
     /// The daemon's data directory, when known.
     package let dataDirectory: String?
+    /// The file descriptor `-O -` writes to (standard output unless a test says otherwise).
+    package let outputDescriptor: Int32
     private let wroteOutput = Atomic<Bool>(false)
 
-    package init(request: GetRequest, client: DaemonClient, priority: Int = 0, dataDirectory: String?) {
+    package init(
+        request: GetRequest,
+        client: DaemonClient,
+        priority: Int = 0,
+        dataDirectory: String?,
+        outputDescriptor: Int32 = 1
+    ) {
         self.request = request
         self.client = client
         self.priority = priority
         self.dataDirectory = dataDirectory
+        self.outputDescriptor = outputDescriptor
     }
 
     /// Whether any byte has reached standard output (after which a retry elsewhere would corrupt the stream).
@@ -95,7 +104,8 @@ package final class DaemonDownload: Sendable {
             DataFileStreamer(
                 path: "\(dataDirectory)/tasks/\(id.prefix(3))/\(id)/data",
                 start: request.range?.start ?? 0,
-                requestedEnd: request.range?.length.map { (request.range?.start ?? 0) + $0 }
+                requestedEnd: request.range?.length.map { (request.range?.start ?? 0) + $0 },
+                output: outputDescriptor
             ))
         defer { streamer.state.withLock { $0.close() } }
         var cacheOnly = request
@@ -140,7 +150,7 @@ package final class DaemonDownload: Sendable {
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else { throw AtomicFile.posixError("cannot read the daemon's output \(path)") }
             if n == 0 { break }
-            try StandardOutputWriter.write(buffer[0..<n])
+            try OutputWriter.write(buffer[0..<n], to: outputDescriptor)
             wroteOutput.store(true, ordering: .relaxed)
             total += Int64(n)
         }
@@ -168,6 +178,8 @@ final class LockedDataFileStreamer: Sendable {
 /// Writes the landed prefix of a task from the daemon's data file to standard output, in order.
 struct DataFileStreamer {
     let path: String
+    /// Where the bytes go (standard output).
+    let output: Int32
     /// First byte to write.
     let start: Int64
     /// End (exclusive) asked for by the range, if any.
@@ -183,8 +195,9 @@ struct DataFileStreamer {
     /// False once the data file proved unusable before anything was written.
     private(set) var isStreaming = true
 
-    init(path: String, start: Int64, requestedEnd: Int64?) {
+    init(path: String, start: Int64, requestedEnd: Int64?, output: Int32) {
         self.path = path
+        self.output = output
         self.start = start
         self.requestedEnd = requestedEnd
         self.next = start
@@ -270,7 +283,7 @@ struct DataFileStreamer {
             hasVerified = true
             let from = Int(next - piece.offset)
             let to = Int(stop - piece.offset)
-            try StandardOutputWriter.write(whole[from..<to])
+            try OutputWriter.write(whole[from..<to], to: output)
             wrote()
             next = stop
             return
@@ -287,7 +300,7 @@ struct DataFileStreamer {
                 throw DragonflyError(
                     code: .internalError, message: "the daemon's data file \(path) ends before byte \(next)")
             }
-            try StandardOutputWriter.write(bytes[...])
+            try OutputWriter.write(bytes[...], to: output)
             wrote()
             next += Int64(bytes.count)
         }
@@ -311,14 +324,14 @@ struct DataFileStreamer {
     }
 }
 
-/// Unbuffered, complete writes to standard output.
-enum StandardOutputWriter {
-    static func write(_ bytes: ArraySlice<UInt8>) throws(DragonflyError) {
+/// Unbuffered, complete writes to a file descriptor (standard output).
+enum OutputWriter {
+    static func write(_ bytes: ArraySlice<UInt8>, to descriptor: Int32) throws(DragonflyError) {
         let failure: DragonflyError? = bytes.withUnsafeBytes { raw in
             guard let base = raw.baseAddress else { return nil }
             var offset = 0
             while offset < raw.count {
-                let n = Glibc.write(1, base + offset, raw.count - offset)
+                let n = Glibc.write(descriptor, base + offset, raw.count - offset)
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { return AtomicFile.posixError("cannot write to standard output") }
                 offset += n
