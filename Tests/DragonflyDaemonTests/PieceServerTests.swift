@@ -6,6 +6,7 @@ import DragonflyTestSupport
 import Logging
 import NIOCore
 import NIOHTTP1
+import ServiceLifecycle
 import Testing
 
 /// The piece data plane over real sockets on 127.0.0.1:0 with a real store.
@@ -169,6 +170,51 @@ import Testing
                 }
                 #expect(server.limiter.failedCount == 1)
                 #expect(server.limiter.uploadCount == 0)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func gracefulShutdownLetsTheResponseInFlightFinish() async throws {
+        try await PieceFixture.with { fixture in
+            let id = PieceFixture.taskID("shutdown")
+            let length: Int64 = 192 << 10
+            try await fixture.open(id, contentLength: length, pieceLength: length)
+            try await fixture.write(id, 0, contentLength: length, pieceLength: length)
+            let server = PieceServer(
+                configuration: PieceServerConfiguration(address: ListenAddress(host: "127.0.0.1", port: 0)),
+                store: fixture.store,
+                // The bucket holds 64 KiB: the response waits about two seconds for the rest of its tokens.
+                limiter: UploadLimiter(slots: 4, rateLimit: 64 << 10),
+                metrics: nil,
+                logger: Logger(label: "test")
+            )
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(services: [server], logger: Logger(label: "test")))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                let address = try await server.listener.value()
+                try await HTTPTestConnection.with(address) { connection in
+                    try await connection.send("/pieces/\(id)/0")
+                    try await poll(timeLimit: .seconds(10), description: "the response is in flight") {
+                        server.limiter.slotsInUse == 1
+                    }
+                    await group.triggerGracefulShutdown()
+                    let received = try await connection.receive()
+                    let response = try #require(received)
+                    #expect(response.status == 200)
+                    #expect(response.body == PieceFixture.bytes(0, length: Int(length)))
+                    // Then the server closes the connection.
+                    let next = try? await connection.receive()
+                    #expect(next == nil)
+                }
+                try await tasks.waitForAll()
+                #expect(server.limiter.uploadCount == 1)
+                await #expect(throws: (any Error).self) {
+                    try await HTTPTestConnection.with(address) { connection in
+                        _ = try await connection.get("/pieces/\(id)/0")
+                    }
+                }
             }
         }
     }
