@@ -23,13 +23,7 @@ struct SchedulerHarness: Sendable {
 
     /// Runs the role, hands `body` a harness, then closes every peer stream and shuts the role down.
     static func run<T: Sendable>(_ body: (SchedulerHarness) async throws -> T) async throws -> T {
-        var config = SchedulerConfig()
-        config.listen = ListenAddress(host: "127.0.0.1", port: 0)
-        config.metricsListen = ListenAddress(host: "127.0.0.1", port: 0)
-        let registry = PluginRegistry()
-        try registerBuiltinStrategies(into: registry)
-        let role = try makeSchedulerServices(
-            config: config, registry: registry, telemetry: Telemetry(role: "scheduler"), logger: logger)
+        let role = try makeRole()
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: role.services, logger: logger))
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -50,6 +44,17 @@ struct SchedulerHarness: Sendable {
             try await tasks.waitForAll()
             return try result.get()
         }
+    }
+
+    /// `dragonfly scheduler` with every listener on 127.0.0.1:0.
+    static func makeRole() throws -> RoleServices {
+        var config = SchedulerConfig()
+        config.listen = ListenAddress(host: "127.0.0.1", port: 0)
+        config.metricsListen = ListenAddress(host: "127.0.0.1", port: 0)
+        let registry = PluginRegistry()
+        try registerBuiltinStrategies(into: registry)
+        return try makeSchedulerServices(
+            config: config, registry: registry, telemetry: Telemetry(role: "scheduler"), logger: logger)
     }
 
     private static func withHarness<T: Sendable>(
@@ -79,18 +84,11 @@ struct SchedulerHarness: Sendable {
     }
 
     /// Announces a host on 127.0.0.1 with 10 upload slots.
-    func announceHost(_ id: String, type: Dragonfly_V1_HostType = .normal, port: Int = 4000) async throws {
-        var host = Dragonfly_V1_Host()
-        host.id = id
-        host.type = type
-        host.hostname = id
-        host.ip = "127.0.0.1"
-        host.port = UInt32(port)
-        host.pieceDataPort = UInt32(port + 5)
-        host.uploadSlots = 10
-        var request = Dragonfly_V1_AnnounceHostRequest()
-        request.host = host
-        _ = try await client.announceHost(request)
+    @discardableResult
+    func announceHost(
+        _ id: String, type: Dragonfly_V1_HostType = .normal, port: Int = 4000
+    ) async throws -> Dragonfly_V1_AnnounceHostResponse {
+        try await client.announceHost(SchedulerFixture.announcement(id, type: type, port: port))
     }
 
     /// Opens an `AnnouncePeer` stream whose first message is `first` (normally a registration).
@@ -99,20 +97,7 @@ struct SchedulerHarness: Sendable {
         sessions.append(session)
         session.send(first)
         let client = client
-        spawner.yield {
-            do {
-                try await client.announcePeer(
-                    requestProducer: { writer in
-                        for await message in session.outgoing { try await writer.write(message) }
-                    },
-                    onResponse: { response in
-                        for try await message in response.messages { session.received(message) }
-                    })
-                session.ended(with: nil)
-            } catch {
-                session.ended(with: error)
-            }
-        }
+        spawner.yield { await session.run(client: client) }
         return session
     }
 
@@ -120,16 +105,9 @@ struct SchedulerHarness: Sendable {
     func register(
         peer: String, host: String, task: String = SchedulerFixture.taskID, url: String = SchedulerFixture.url
     ) -> PeerSession {
-        var message = Dragonfly_V1_AnnouncePeerRequest()
-        message.hostID = host
-        message.taskID = task
-        message.peerID = peer
-        var register = Dragonfly_V1_RegisterPeerRequest()
-        register.download.url = url
-        register.download.tag = "t"
-        register.download.application = "app"
-        message.register = register
-        return openStream(first: message, key: PeerKey(taskID: task, peerID: peer), hostID: host)
+        openStream(
+            first: SchedulerFixture.registration(peer: peer, host: host, task: task, url: url),
+            key: PeerKey(taskID: task, peerID: peer), hostID: host)
     }
 
     func statTask(_ taskID: String = SchedulerFixture.taskID) async throws -> Dragonfly_V1_TaskInfo {
@@ -182,11 +160,27 @@ final class PeerSession: Sendable {
     /// Ends the request stream (the peer goes away without a final report unless it sent one).
     func close() { continuation.finish() }
 
-    fileprivate func received(_ message: Dragonfly_V1_AnnouncePeerResponse) {
+    /// Runs the `AnnouncePeer` call until the server ends it (or the request stream closes).
+    func run(client: Dragonfly_V1_Scheduler.Client<RPCClientTransport>) async {
+        do {
+            try await client.announcePeer(
+                requestProducer: { writer in
+                    for await message in self.outgoing { try await writer.write(message) }
+                },
+                onResponse: { response in
+                    for try await message in response.messages { self.received(message) }
+                })
+            ended(with: nil)
+        } catch {
+            ended(with: error)
+        }
+    }
+
+    private func received(_ message: Dragonfly_V1_AnnouncePeerResponse) {
         state.withLock { $0.responses.append(message) }
     }
 
-    fileprivate func ended(with error: (any Error)?) {
+    private func ended(with error: (any Error)?) {
         let end: Result<Void, RPCError> =
             switch error {
             case nil: .success(())
@@ -235,6 +229,37 @@ enum SchedulerFixture {
     static func digest(_ number: Int) -> String {
         let hex = String(number, radix: 16)
         return "sha256:" + String(repeating: "0", count: 64 - hex.count) + hex
+    }
+
+    static func announcement(
+        _ id: String, type: Dragonfly_V1_HostType = .normal, port: Int = 4000
+    ) -> Dragonfly_V1_AnnounceHostRequest {
+        var host = Dragonfly_V1_Host()
+        host.id = id
+        host.type = type
+        host.hostname = id
+        host.ip = "127.0.0.1"
+        host.port = UInt32(port)
+        host.pieceDataPort = UInt32(port + 5)
+        host.uploadSlots = 10
+        var request = Dragonfly_V1_AnnounceHostRequest()
+        request.host = host
+        return request
+    }
+
+    static func registration(
+        peer: String, host: String, task: String = taskID, url: String = url
+    ) -> Dragonfly_V1_AnnouncePeerRequest {
+        var message = Dragonfly_V1_AnnouncePeerRequest()
+        message.hostID = host
+        message.taskID = task
+        message.peerID = peer
+        var register = Dragonfly_V1_RegisterPeerRequest()
+        register.download.url = url
+        register.download.tag = "t"
+        register.download.application = "app"
+        message.register = register
+        return message
     }
 
     static func piece(_ number: UInt32, parent: String? = nil, length: UInt64 = 4 << 20) -> Dragonfly_V1_Piece {

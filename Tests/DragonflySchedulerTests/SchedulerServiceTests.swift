@@ -4,6 +4,8 @@ import DragonflyRPC
 import DragonflyScheduler
 import DragonflyTestSupport
 import GRPCCore
+import ServiceLifecycle
+import SwiftProtobuf
 import Synchronization
 import Testing
 
@@ -272,5 +274,79 @@ struct SchedulerServiceTests {
             _ = try await client.leaveHost(leave)
             #expect(try await client.listHosts(Dragonfly_V1_ListHostsRequest()).hosts.map(\.id) == ["h1"])
         }
+    }
+
+    @Test func anUnreachableSeedHostFallsBackToTheFirstRegistrant() async throws {
+        let closedPort = try freeLoopbackPort()
+        try await SchedulerHarness.run { harness in
+            try await harness.announceHost("seed-1", type: .super, port: closedPort)
+            try await harness.announceHost("h1", port: 4100)
+            let child = harness.register(peer: "c1", host: "h1")
+            // The trigger cannot connect: the waiting registrant reads the origin itself.
+            let need = try await child.next("NeedBackToSource after the failed trigger") { $0.needBackToSource }
+            #expect(need.reason.contains("first registrant"))
+        }
+    }
+
+    @Test func announceHostNamesTheSchedulerAndTheInterval() async throws {
+        try await SchedulerHarness.run { harness in
+            let answer = try await harness.announceHost("h1")
+            #expect(answer.schedulerID == harness.address)
+            #expect(answer.interval.seconds == 30)
+
+            var bad = Fixture.announcement("h2")
+            bad.host.port = 0
+            let refused = await #expect(throws: RPCError.self) { _ = try await harness.client.announceHost(bad) }
+            #expect(refused?.code == .invalidArgument)
+
+            // Registering on an unknown host is refused with a clear reason.
+            let stranger = harness.register(peer: "p1", host: "nobody")
+            if case .failure(let error) = try await stranger.end() {
+                #expect(error.code == .failedPrecondition)
+                #expect(error.message.contains("announce"))
+            } else {
+                Issue.record("a peer of an unknown host was registered")
+            }
+        }
+    }
+
+    @Test func gracefulShutdownEndsOpenPeerStreams() async throws {
+        let role = try SchedulerHarness.makeRole()
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(services: role.services, logger: SchedulerHarness.logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            let address = try await #require(role.listeners.first { $0.name == "grpc" }).value()
+            try await withRPCClient(target: address, logger: SchedulerHarness.logger) { rpc in
+                let client = Dragonfly_V1_Scheduler.Client(wrapping: rpc)
+                _ = try await client.announceHost(Fixture.announcement("h1"))
+                let session = PeerSession(key: PeerKey(taskID: Fixture.taskID, peerID: "p1"), hostID: "h1")
+                session.send(Fixture.registration(peer: "p1", host: "h1"))
+                async let call: Void = session.run(client: client)
+                _ = try await session.next("NeedBackToSource") { $0.needBackToSource }
+                await group.triggerGracefulShutdown()
+                if case .failure(let error) = try await session.end() {
+                    #expect(error.code == .unavailable)
+                } else {
+                    Issue.record("the stream ended OK while the scheduler shut down")
+                }
+                session.close()
+                await call
+            }
+            try await tasks.waitForAll()
+        }
+    }
+}
+
+/// The bounded queue behind every peer stream, without I/O.
+@Suite struct SchedulerServiceOutboxTests {
+    @Test func aFullQueueRefusesInsteadOfGrowing() {
+        let outbox = StreamOutbox<Int>(capacity: 2)
+        #expect(outbox.send(1) == .enqueued)
+        #expect(outbox.send(2) == .enqueued)
+        #expect(outbox.send(3) == .full)
+        outbox.close(with: DragonflyError(code: .failedPrecondition, message: "done"))
+        #expect(outbox.isClosed)
+        #expect(outbox.send(4) == .closed)
     }
 }
