@@ -18,12 +18,15 @@ struct SchedulerHarness: Sendable {
 
     let client: Dragonfly_V1_Scheduler.Client<RPCClientTransport>
     let address: String
+    /// The role's metrics registry.
+    let telemetry: Telemetry
     private let spawner: AsyncStream<Job>.Continuation
     private let sessions: SessionList
 
     /// Runs the role, hands `body` a harness, then closes every peer stream and shuts the role down.
     static func run<T: Sendable>(_ body: (SchedulerHarness) async throws -> T) async throws -> T {
-        let role = try makeRole()
+        let telemetry = Telemetry(role: "scheduler")
+        let role = try makeRole(telemetry: telemetry)
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: role.services, logger: logger))
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -35,7 +38,7 @@ struct SchedulerHarness: Sendable {
                     try await withRPCClient(
                         target: address, options: RPCClientOptions(defaultTimeout: .seconds(60)), logger: logger
                     ) { rpc in
-                        try await withHarness(client: rpc, address: address, body)
+                        try await withHarness(client: rpc, address: address, telemetry: telemetry, body)
                     })
             } catch {
                 result = .failure(error)
@@ -47,22 +50,23 @@ struct SchedulerHarness: Sendable {
     }
 
     /// `dragonfly scheduler` with every listener on 127.0.0.1:0.
-    static func makeRole() throws -> RoleServices {
+    static func makeRole(telemetry: Telemetry = Telemetry(role: "scheduler")) throws -> RoleServices {
         var config = SchedulerConfig()
         config.listen = ListenAddress(host: "127.0.0.1", port: 0)
         config.metricsListen = ListenAddress(host: "127.0.0.1", port: 0)
         let registry = PluginRegistry()
         try registerBuiltinStrategies(into: registry)
         return try makeSchedulerServices(
-            config: config, registry: registry, telemetry: Telemetry(role: "scheduler"), logger: logger)
+            config: config, registry: registry, telemetry: telemetry, logger: logger)
     }
 
     private static func withHarness<T: Sendable>(
-        client: RPCClient, address: String, _ body: (SchedulerHarness) async throws -> T
+        client: RPCClient, address: String, telemetry: Telemetry, _ body: (SchedulerHarness) async throws -> T
     ) async throws -> T {
         let (jobs, spawner) = AsyncStream.makeStream(of: Job.self)
         let harness = SchedulerHarness(
-            client: Dragonfly_V1_Scheduler.Client(wrapping: client), address: address, spawner: spawner,
+            client: Dragonfly_V1_Scheduler.Client(wrapping: client), address: address, telemetry: telemetry,
+            spawner: spawner,
             sessions: SessionList())
         return try await withThrowingTaskGroup(of: Void.self) { calls in
             calls.addTask {

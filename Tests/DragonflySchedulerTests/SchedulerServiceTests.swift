@@ -2,6 +2,7 @@ import DragonflyCore
 import DragonflyProto
 import DragonflyRPC
 import DragonflyScheduler
+import DragonflyTelemetry
 import DragonflyTestSupport
 import GRPCCore
 import ServiceLifecycle
@@ -66,6 +67,12 @@ struct SchedulerServiceTests {
             #expect(info.sizeScope == .normal)
             #expect(info.peerCount == 2)
             #expect(info.availablePeerCount == 2)
+
+            let metrics = String(decoding: harness.telemetry.exposition(), as: UTF8.self)
+            #expect(metrics.contains(#"dragonfly_scheduler_peer_registrations_total{decision="back_to_source"} 1"#))
+            #expect(metrics.contains(#"dragonfly_scheduler_peer_registrations_total{decision="normal"} 1"#))
+            #expect(metrics.contains(#"dragonfly_scheduler_pieces_reported_total{source="origin"} 3"#))
+            #expect(metrics.contains("dragonfly_scheduler_host_announcements_total 2"))
 
             let unknown = await #expect(throws: RPCError.self) {
                 _ = try await harness.statTask(String(repeating: "0", count: 64))
