@@ -30,6 +30,9 @@ package struct ClusterNode: Sendable, CustomStringConvertible {
     package let dataDirectory: String?
     /// `--socket` of a cdn or daemon (the local API); `nil` for a scheduler.
     package let socketPath: String?
+    /// The ``Netlab`` host the node runs in (its listeners bind that host's address), or `nil` for a node
+    /// on this machine's loopback.
+    package let host: String?
 
     /// The process ID.
     package var pid: Int32 { process.pid }
@@ -64,7 +67,9 @@ package enum ClusterByteSource: String, Sendable, Hashable, CaseIterable {
 }
 
 /// A running set of real `dragonfly` processes on 127.0.0.1, started by
-/// ``withP2PCluster(schedulers:seeds:daemons:daemonConfigYAML:seedConfigYAML:schedulerConfigYAML:schedulerArguments:seedArguments:daemonArguments:environment:executablePath:readyTimeLimit:isolation:_:)``.
+/// ``withP2PCluster(schedulers:seeds:daemons:daemonConfigYAML:seedConfigYAML:schedulerConfigYAML:schedulerArguments:seedArguments:daemonArguments:environment:executablePath:readyTimeLimit:isolation:_:)``,
+/// or in the hosts of a ``Netlab``, started by
+/// ``withP2PCluster(in:schedulers:seeds:daemons:daemonConfigYAML:seedConfigYAML:schedulerConfigYAML:schedulerArguments:seedArguments:daemonArguments:environment:executablePath:readyTimeLimit:isolation:_:)``.
 ///
 /// Valid only inside that scope. Every node is a child process of the test; the helpers read metrics and
 /// health over HTTP with curl and run `dragonfly get` against a node's socket.
@@ -81,6 +86,14 @@ package struct P2PCluster: Sendable {
     package let executablePath: String
     /// Environment variables added for every node and every `get`.
     package let environment: [String: String]
+    /// The lab the nodes run in, or `nil` for a cluster on loopback.
+    package let lab: Netlab?
+
+    /// What runs a command where `node` runs: `[]` on loopback, `[netlab, "exec", lab, host]` in a lab.
+    package func commandPrefix(for node: ClusterNode) -> [String] {
+        guard let lab, let host = node.host else { return [] }
+        return lab.execPrefix(host)
+    }
 
     /// Every node: schedulers, then seeds, then daemons.
     package var nodes: [ClusterNode] { schedulers + seeds + daemons }
@@ -103,7 +116,7 @@ package struct P2PCluster: Sendable {
     /// - Throws: ``TestSupportError/Code/commandFailed`` when the listener does not answer 200 or the page
     ///   does not parse.
     package func metrics(of node: ClusterNode) async throws -> PrometheusMetrics {
-        let response = try await curlGet("http://\(node.metricsAddress)/metrics")
+        let response = try await curlGet("http://\(node.metricsAddress)/metrics", prefix: commandPrefix(for: node))
         guard response.status == 200 else {
             throw TestSupportError(
                 code: .commandFailed,
@@ -129,11 +142,13 @@ package struct P2PCluster: Sendable {
 
     /// Whether `GET /healthy` on the node's metrics listener answers 200 right now.
     package func isHealthy(_ node: ClusterNode) async -> Bool {
-        (try? await curlGet("http://\(node.metricsAddress)/healthy", timeLimit: .seconds(5)))?.status == 200
+        let response = try? await curlGet(
+            "http://\(node.metricsAddress)/healthy", prefix: commandPrefix(for: node), timeLimit: .seconds(5))
+        return response?.status == 200
     }
 
     /// Runs `dragonfly get URL -O output --socket <node's socket> --no-progress --data-dir <node dir>/get`
-    /// plus `extraArguments` to completion.
+    /// plus `extraArguments` to completion, where the node runs (inside its lab host in a lab cluster).
     ///
     /// `--data-dir` gives the `get` process a cache of its own (for a fall-back to the origin), so it never
     /// uses the machine-wide default; an extra `--data-dir` in `extraArguments` wins. A non-zero exit is
@@ -162,11 +177,12 @@ package struct P2PCluster: Sendable {
                 "get", url, "-O", output, "--socket", socketPath, "--no-progress",
                 "--data-dir", node.directory + "/get",
             ] + extraArguments
+        let prefix = commandPrefix(for: node)
         return try await runDragonfly(
-            arguments,
+            prefix.isEmpty ? arguments : Array(prefix.dropFirst()) + [executablePath] + arguments,
             environment: environment,
             timeLimit: timeLimit,
-            executablePath: executablePath
+            executablePath: prefix.first ?? executablePath
         )
     }
 
@@ -254,7 +270,102 @@ package func withP2PCluster<Value>(
     _ body: (P2PCluster) async throws -> Value
 ) async throws -> Value {
     precondition(schedulers >= 1 && seeds >= 0 && daemons >= 0, "a cluster needs a scheduler")
-    precondition(schedulers + seeds + daemons <= 64, "at most 64 nodes per cluster")
+    return try await withPlacedP2PCluster(
+        lab: nil,
+        schedulerHosts: [String?](repeating: nil, count: schedulers),
+        seedHosts: [String?](repeating: nil, count: seeds),
+        daemonHosts: [String?](repeating: nil, count: daemons),
+        configurations: ClusterConfigurations(
+            daemonYAML: daemonConfigYAML,
+            seedYAML: seedConfigYAML,
+            schedulerYAML: schedulerConfigYAML,
+            schedulerArguments: schedulerArguments,
+            seedArguments: seedArguments,
+            daemonArguments: daemonArguments
+        ),
+        environment: environment,
+        executablePath: executablePath,
+        readyTimeLimit: readyTimeLimit,
+        body
+    )
+}
+
+/// Starts a P2P cluster inside a ``Netlab``: each node runs in the lab host named for it (through
+/// `scripts/netlab exec`) with every listener on that host's address, port 0; otherwise as
+/// ``withP2PCluster(schedulers:seeds:daemons:daemonConfigYAML:seedConfigYAML:schedulerConfigYAML:schedulerArguments:seedArguments:daemonArguments:environment:executablePath:readyTimeLimit:isolation:_:)``.
+/// A host may hold several nodes. ``P2PCluster/metrics(of:)``, ``P2PCluster/isHealthy(_:)`` and
+/// ``P2PCluster/get(url:on:output:extraArguments:timeLimit:)`` run inside the node's host, so an origin in
+/// the lab (``Netlab/withNginx(on:port:isolation:_:)``) is reachable from every `get`.
+///
+/// - Parameters:
+///   - schedulers: The host of each scheduler, e.g. `["h1"]`.
+///   - seeds: The host of each seed peer.
+///   - daemons: The host of each daemon, e.g. `["h2", "h3", "h4"]`.
+package func withP2PCluster<Value>(
+    in lab: Netlab,
+    schedulers: [String],
+    seeds: [String],
+    daemons: [String],
+    daemonConfigYAML: String? = nil,
+    seedConfigYAML: String? = nil,
+    schedulerConfigYAML: String? = nil,
+    schedulerArguments: [String] = [],
+    seedArguments: [String] = [],
+    daemonArguments: [String] = [],
+    environment: [String: String] = [:],
+    executablePath: String? = nil,
+    readyTimeLimit: Duration = .seconds(60),
+    isolation: isolated (any Actor)? = #isolation,
+    _ body: (P2PCluster) async throws -> Value
+) async throws -> Value {
+    precondition(!schedulers.isEmpty, "a cluster needs a scheduler")
+    for host in schedulers + seeds + daemons {
+        precondition(lab.addresses[host] != nil, "no host '\(host)' in lab \(lab.name); hosts: \(lab.hostNames)")
+    }
+    return try await withPlacedP2PCluster(
+        lab: lab,
+        schedulerHosts: schedulers,
+        seedHosts: seeds,
+        daemonHosts: daemons,
+        configurations: ClusterConfigurations(
+            daemonYAML: daemonConfigYAML,
+            seedYAML: seedConfigYAML,
+            schedulerYAML: schedulerConfigYAML,
+            schedulerArguments: schedulerArguments,
+            seedArguments: seedArguments,
+            daemonArguments: daemonArguments
+        ),
+        environment: environment,
+        executablePath: executablePath,
+        readyTimeLimit: readyTimeLimit,
+        body
+    )
+}
+
+/// The per-role configuration of a cluster.
+private struct ClusterConfigurations {
+    var daemonYAML: String?
+    var seedYAML: String?
+    var schedulerYAML: String?
+    var schedulerArguments: [String]
+    var seedArguments: [String]
+    var daemonArguments: [String]
+}
+
+/// The cluster start shared by the loopback and the lab variants: a host of `nil` means loopback.
+private func withPlacedP2PCluster<Value>(
+    lab: Netlab?,
+    schedulerHosts: [String?],
+    seedHosts: [String?],
+    daemonHosts: [String?],
+    configurations: ClusterConfigurations,
+    environment: [String: String],
+    executablePath: String?,
+    readyTimeLimit: Duration,
+    isolation: isolated (any Actor)? = #isolation,
+    _ body: (P2PCluster) async throws -> Value
+) async throws -> Value {
+    precondition(schedulerHosts.count + seedHosts.count + daemonHosts.count <= 64, "at most 64 nodes per cluster")
     let executable = try executablePath ?? DragonflyExecutable.locate()
     let directory = try TemporaryDirectory(prefix: "dragonfly-test-cluster-")
     defer { directory.remove() }
@@ -263,56 +374,68 @@ package func withP2PCluster<Value>(
         guard let yaml else { return [] }
         return ["--config", try directory.writeFile(file, text: yaml)]
     }
-    let schedulerConfig = try configArguments(schedulerConfigYAML, "scheduler.yaml")
-    let seedConfig = try configArguments(seedConfigYAML, "cdn.yaml")
-    let daemonConfig = try configArguments(daemonConfigYAML, "daemon.yaml")
+    let schedulerConfig = try configArguments(configurations.schedulerYAML, "scheduler.yaml")
+    let seedConfig = try configArguments(configurations.seedYAML, "cdn.yaml")
+    let daemonConfig = try configArguments(configurations.daemonYAML, "daemon.yaml")
+    func bindAddress(_ host: String?) -> String {
+        guard let lab, let host else { return "127.0.0.1:0" }
+        return lab.ip(of: host) + ":0"
+    }
 
-    let schedulerLaunches = try (1...schedulers).map { index in
-        let name = "scheduler\(index)"
-        try directory.makeDirectory(name)
+    let schedulerLaunches = try schedulerHosts.enumerated().map { index, host in
+        let name = "scheduler\(index + 1)"
         return ClusterLaunch(
             name: name,
             role: .scheduler,
-            directory: directory.appending(name),
+            host: host,
+            directory: try directory.makeDirectory(name),
             arguments: ["scheduler"] + schedulerConfig + [
-                "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-            ] + schedulerArguments
+                "--listen", bindAddress(host), "--metrics-listen", bindAddress(host),
+            ] + configurations.schedulerArguments
         )
     }
     return try await withClusterProcesses(
         schedulerLaunches[...],
+        lab: lab,
         executablePath: executable,
         environment: environment,
         readyTimeLimit: readyTimeLimit
     ) { schedulerNodes in
         let schedulerList = schedulerNodes.map(\.grpcAddress).joined(separator: ",")
-        func peerLaunch(role: ClusterNode.Role, index: Int, config: [String], extra: [String]) throws -> ClusterLaunch {
-            let name = "\(role.rawValue)\(index)"
+        func peerLaunch(role: ClusterNode.Role, index: Int, host: String?, config: [String], extra: [String]) throws
+            -> ClusterLaunch
+        {
+            let name = "\(role.rawValue)\(index + 1)"
             let nodeDirectory = try directory.makeDirectory(name)
+            let address = bindAddress(host)
             return ClusterLaunch(
                 name: name,
                 role: role,
+                host: host,
                 directory: nodeDirectory,
                 arguments: [role.rawValue] + config + [
                     "--data-dir", nodeDirectory + "/data",
                     "--socket", nodeDirectory + "/local.sock",
-                    "--peer-listen", "127.0.0.1:0",
-                    "--proxy-listen", "127.0.0.1:0",
-                    "--metrics-listen", "127.0.0.1:0",
-                    "--health-listen", "127.0.0.1:0",
-                    "--piece-listen", "127.0.0.1:0",
+                    "--peer-listen", address,
+                    "--proxy-listen", address,
+                    "--metrics-listen", address,
+                    "--health-listen", address,
+                    "--piece-listen", address,
                     "--scheduler", schedulerList,
                 ] + extra
             )
         }
-        let seedLaunches = try (0..<seeds).map {
-            try peerLaunch(role: .cdn, index: $0 + 1, config: seedConfig, extra: seedArguments)
+        let seedLaunches = try seedHosts.enumerated().map { index, host in
+            try peerLaunch(
+                role: .cdn, index: index, host: host, config: seedConfig, extra: configurations.seedArguments)
         }
-        let daemonLaunches = try (0..<daemons).map {
-            try peerLaunch(role: .daemon, index: $0 + 1, config: daemonConfig, extra: daemonArguments)
+        let daemonLaunches = try daemonHosts.enumerated().map { index, host in
+            try peerLaunch(
+                role: .daemon, index: index, host: host, config: daemonConfig, extra: configurations.daemonArguments)
         }
         return try await withClusterProcesses(
             (seedLaunches + daemonLaunches)[...],
+            lab: lab,
             executablePath: executable,
             environment: environment,
             readyTimeLimit: readyTimeLimit
@@ -320,11 +443,12 @@ package func withP2PCluster<Value>(
             try await body(
                 P2PCluster(
                     schedulers: schedulerNodes,
-                    seeds: Array(peerNodes.prefix(seeds)),
-                    daemons: Array(peerNodes.dropFirst(seeds)),
+                    seeds: Array(peerNodes.prefix(seedHosts.count)),
+                    daemons: Array(peerNodes.dropFirst(seedHosts.count)),
                     directory: directory,
                     executablePath: executable,
-                    environment: environment
+                    environment: environment,
+                    lab: lab
                 )
             )
         }
@@ -335,6 +459,7 @@ package func withP2PCluster<Value>(
 private struct ClusterLaunch {
     var name: String
     var role: ClusterNode.Role
+    var host: String?
     var directory: String
     var arguments: [String]
 }
@@ -344,6 +469,7 @@ private struct ClusterLaunch {
 /// nodes in launch order.
 private func withClusterProcesses<Value>(
     _ launches: ArraySlice<ClusterLaunch>,
+    lab: Netlab?,
     executablePath: String,
     environment: [String: String],
     readyTimeLimit: Duration,
@@ -371,19 +497,22 @@ private func withClusterProcesses<Value>(
                     ready: ready,
                     directory: launch.directory,
                     dataDirectory: isPeer ? launch.directory + "/data" : nil,
-                    socketPath: isPeer ? launch.directory + "/local.sock" : nil
+                    socketPath: isPeer ? launch.directory + "/local.sock" : nil,
+                    host: launch.host
                 )
             )
         }
         return try await body(nodes)
     }
+    let prefix = launch.host.flatMap { host in lab?.execPrefix(host) } ?? []
     return try await withDragonfly(
-        launch.arguments,
+        prefix.isEmpty ? launch.arguments : Array(prefix.dropFirst()) + [executablePath] + launch.arguments,
         environment: environment,
-        executablePath: executablePath
+        executablePath: prefix.first ?? executablePath
     ) { process in
         try await withClusterProcesses(
             launches.dropFirst(),
+            lab: lab,
             executablePath: executablePath,
             environment: environment,
             readyTimeLimit: readyTimeLimit,

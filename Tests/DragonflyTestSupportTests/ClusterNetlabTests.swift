@@ -2,6 +2,12 @@ import DragonflyCore
 import DragonflyTestSupport
 import Testing
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 /// ``withNetlab(hosts:origin:rate:isolation:_:)`` with real namespaces: hosts reach each other only inside
 /// the lab, servers run in a host, and nothing is left afterwards. Needs root and `ip netns` (CI runs as
 /// root); skipped otherwise.
@@ -80,5 +86,43 @@ struct NetlabTests {
         }
         #expect(!name.isEmpty)
         #expect(try await Netlab.namespaces(of: name).isEmpty)
+    }
+}
+
+/// ``withP2PCluster(in:schedulers:seeds:daemons:daemonConfigYAML:seedConfigYAML:schedulerConfigYAML:schedulerArguments:seedArguments:daemonArguments:environment:executablePath:readyTimeLimit:isolation:_:)``:
+/// a cluster spread over lab hosts, with the origin in a host of its own.
+@Suite(
+    .serialized,
+    .enabled("needs root and `ip netns` (network namespaces); see Netlab.unavailableReason()") {
+        await Netlab.unavailableReason() == nil
+    }
+)
+struct NetlabClusterTests {
+    @Test(.timeLimit(.minutes(3)))
+    func clusterInLabHostsBindsTheirAddressesAndGetsFromTheLabOrigin() async throws {
+        try await withNetlab(hosts: 3, origin: true, rate: "1gbit") { lab in
+            try await lab.withNginx(on: "origin") { origin in
+                let text = String(repeating: "a file on the lab origin\n", count: 40_000)  // ~1 MiB
+                try origin.writeFile("file.txt", contents: Array(text.utf8))
+                try await withP2PCluster(in: lab, schedulers: ["h1"], seeds: ["h1"], daemons: ["h2", "h3"]) { cluster in
+                    #expect(cluster.lab?.name == lab.name)
+                    #expect(cluster.nodes.map(\.host) == ["h1", "h1", "h2", "h3"])
+                    for node in cluster.nodes {
+                        let hostIP = try #require(node.host.map(lab.ip(of:)))
+                        for address in node.ready.listeners.values {
+                            #expect(address.hasPrefix(hostIP + ":"), "\(node): \(address)")
+                        }
+                        #expect(await cluster.isHealthy(node), "\(node)")
+                        #expect(try await cluster.metrics(of: node).value(node.metricPrefix + "build_info") == 1)
+                    }
+                    let results = try await cluster.getConcurrently(
+                        url: origin.url(for: "file.txt"), on: cluster.daemons, timeLimit: .seconds(120))
+                    for (node, output, result) in results {
+                        #expect(result.status == .exited(0), "\(node): \(result.stderr)\n\(cluster.logs())")
+                        #expect(FileManager.default.contents(atPath: output).map(Array.init) == Array(text.utf8))
+                    }
+                }
+            }
+        }
     }
 }
