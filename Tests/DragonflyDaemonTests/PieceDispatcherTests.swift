@@ -549,3 +549,244 @@ import Testing
         #expect(!dispatcher.needsReschedule)
     }
 }
+
+/// Random event sequences checked step by step against a plain model of what the dispatcher must do.
+@Suite struct PieceDispatcherModelTests {
+    /// SplitMix64: the same walk on every run.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    /// What the dispatcher is told and what it answered, kept in plain collections.
+    struct Model {
+        let config: PieceDispatcher.Configuration
+        let count: Int
+        var holdings: [String: Set<Int>] = [:]
+        var announcing: Set<String> = []
+        var held: Set<Int> = []
+        var trusted: Set<Int> = []
+        var avoided: Set<[String]> = []
+        var failures: [String: Int] = [:]
+        var flights: [PieceDispatcher.Request] = []
+        var lastProgress: [UInt64: ContinuousClock.Instant] = [:]
+
+        func isAvoided(_ piece: Int, _ parent: String) -> Bool { avoided.contains([String(piece), parent]) }
+        func inFlight(_ piece: Int) -> Bool { flights.contains { $0.piece == piece } }
+        func load(_ parent: String) -> Int { flights.filter { $0.parentID == parent }.count }
+        func availability(_ piece: Int) -> Int { holdings.values.filter { $0.contains(piece) }.count }
+        var missing: [Int] { (0..<count).filter { !held.contains($0) } }
+
+        /// Parents that could take a new request for `piece` now.
+        func usable(_ piece: Int) -> [String] {
+            holdings.filter { parent, pieces in
+                pieces.contains(piece) && !isAvoided(piece, parent) && load(parent) < config.perParentLimit
+                    && !flights.contains { $0.piece == piece && $0.parentID == parent }
+            }.map(\.key)
+        }
+
+        /// Missing, trusted, not in flight, and some parent with a free slot can serve it.
+        var servable: [Int] {
+            missing.filter { trusted.contains($0) && !inFlight($0) && !usable($0).isEmpty }
+        }
+
+        var withoutSource: [Int] {
+            missing.filter { piece in
+                !inFlight(piece)
+                    && holdings.allSatisfy { parent, pieces in
+                        isAvoided(piece, parent) || (!pieces.contains(piece) && !announcing.contains(parent))
+                    }
+            }
+        }
+
+        var isEndgame: Bool {
+            config.endgameCopies > 1 && !flights.isEmpty
+                && missing.allSatisfy { trusted.contains($0) }
+                && missing.allSatisfy { piece in
+                    inFlight(piece) || holdings.allSatisfy { !$0.value.contains(piece) || isAvoided(piece, $0.key) }
+                }
+        }
+
+        mutating func remove(parent: String) {
+            holdings[parent] = nil
+            announcing.remove(parent)
+            failures[parent] = nil
+            avoided = avoided.filter { $0[1] != parent }
+            flights.removeAll { $0.parentID == parent }
+        }
+    }
+
+    static func sorted(_ requests: [PieceDispatcher.Request]) -> [PieceDispatcher.Request] {
+        requests.sorted { ($0.piece, $0.serial) < ($1.piece, $1.serial) }
+    }
+
+    static let seeds: Range<UInt64> = 0..<16
+
+    @Test(arguments: seeds) func randomEventsMatchTheModel(seed: UInt64) throws {
+        _ = try Self.walk(seed: seed)
+    }
+
+    /// The walks reach every kind of state the checks are about.
+    @Test func walksCoverDuplicatesDropsStallsAndMissingSources() throws {
+        var total: [String: Int] = [:]
+        for seed in Self.seeds { total.merge(try Self.walk(seed: seed), uniquingKeysWith: +) }
+        for kind in ["requests", "duplicates", "drops", "stalls", "sourceless", "endgame", "complete"] {
+            #expect(total[kind, default: 0] > 0, "no \(kind) in any walk")
+        }
+    }
+
+    /// 1000 random events on a random task, each checked against the model; returns how often each kind of
+    /// state or event occurred.
+    static func walk(seed: UInt64) throws -> [String: Int] {
+        var random = SeededGenerator(state: seed)
+        var config = PieceDispatcher.Configuration()
+        config.maxInFlight = Int.random(in: 1...12, using: &random)
+        config.perParentLimit = Int.random(in: 1...4, using: &random)
+        config.parentFailureLimit = Int.random(in: 2...4, using: &random)
+        config.endgameCopies = Int.random(in: 1...3, using: &random)
+        config.maxParents = 6
+        config.maxAvoidedPiecesPerParent = 4096
+        let count = Int.random(in: 1...120, using: &random)
+        let pieceLength: Int64 = 1 << 20
+        let contentLength = Int64(count) * pieceLength - Int64.random(in: 0..<pieceLength, using: &random)
+        var dispatcher = try PieceDispatcher(
+            configuration: config, pieceCount: count, pieceLength: pieceLength, contentLength: contentLength
+        )
+        var model = PieceDispatcherModelTests.Model(config: config, count: count)
+        var nextParent = 0
+        var clock = 0.0
+        var stats: [String: Int] = [:]
+
+        for _ in 0..<1000 {
+            let now = PieceDispatcherTests.at(clock)
+            switch Int.random(in: 0..<100, using: &random) {
+            case 0..<6 where model.holdings.count < config.maxParents:
+                let id = "p\(nextParent)"
+                nextParent += 1
+                #expect(dispatcher.addParent(id) == true)
+                let pieces = Set((0..<count).filter { _ in Int.random(in: 0..<3, using: &random) == 0 })
+                try dispatcher.parent(id, has: pieces.sorted())
+                model.holdings[id] = pieces
+                model.announcing.insert(id)
+            case 6..<14:
+                guard let id = model.holdings.keys.randomElement(using: &random) else { continue }
+                let more = (0..<count).filter { _ in Int.random(in: 0..<8, using: &random) == 0 }
+                try dispatcher.parent(id, has: more)
+                model.holdings[id, default: []].formUnion(more)
+            case 14..<16:
+                guard let id = model.announcing.randomElement(using: &random) else { continue }
+                dispatcher.parentFinishedAnnouncing(id)
+                model.announcing.remove(id)
+            case 16..<22:
+                let pieces = (0..<count).filter { _ in Int.random(in: 0..<4, using: &random) == 0 }
+                try dispatcher.trust(digests: Dictionary(uniqueKeysWithValues: pieces.map { ($0, "sha256:\($0)") }))
+                model.trusted.formUnion(pieces)
+            case 22..<50:
+                let requests = dispatcher.nextRequests(now: now)
+                for request in requests {
+                    let piece = request.piece
+                    #expect(!model.held.contains(piece))
+                    #expect(model.trusted.contains(piece))
+                    #expect(request.digest == "sha256:\(piece)")
+                    #expect(model.usable(piece).contains(request.parentID), "parent must hold it, be free, not avoided")
+                    if request.isDuplicate {
+                        #expect(model.isEndgame)
+                        #expect(model.inFlight(piece))
+                        #expect(model.flights.filter { $0.piece == piece }.count < config.endgameCopies)
+                    } else {
+                        // Rarest first among what free parents can serve, ties to the lowest number.
+                        let servable = model.servable
+                        let rarest = servable.min { (model.availability($0), $0) < (model.availability($1), $1) }
+                        #expect(piece == rarest)
+                    }
+                    #expect(model.flights.count < config.maxInFlight)
+                    stats[request.isDuplicate ? "duplicates" : "requests", default: 0] += 1
+                    model.flights.append(request)
+                    model.lastProgress[request.serial] = now
+                }
+                // Nothing servable is left behind while slots remain.
+                if model.flights.count < config.maxInFlight {
+                    #expect(model.servable.isEmpty)
+                }
+            case 50..<62:
+                guard let request = model.flights.randomElement(using: &random) else { continue }
+                let cancel = dispatcher.completed(request, bytes: 1 << 20, now: now)
+                #expect(
+                    Self.sorted(cancel)
+                        == Self.sorted(model.flights.filter { $0.piece == request.piece && $0 != request }))
+                model.flights.removeAll { $0.piece == request.piece }
+                model.held.insert(request.piece)
+                model.failures[request.parentID] = 0
+            case 62..<72:
+                guard let request = model.flights.randomElement(using: &random) else { continue }
+                let verdict = dispatcher.failed(request)
+                model.flights.removeAll { $0 == request }
+                model.avoided.insert([String(request.piece), request.parentID])
+                let failures = model.failures[request.parentID, default: 0] + 1
+                model.failures[request.parentID] = failures
+                if failures >= config.parentFailureLimit {
+                    let others = model.flights.filter { $0.parentID == request.parentID }
+                    guard case .drop(let cancel) = verdict else {
+                        Issue.record("parent at its failure limit was kept")
+                        continue
+                    }
+                    #expect(Self.sorted(cancel) == Self.sorted(others))
+                    model.remove(parent: request.parentID)
+                    stats["drops", default: 0] += 1
+                } else {
+                    #expect(verdict == .keep)
+                }
+            case 72..<75:
+                guard let request = model.flights.randomElement(using: &random) else { continue }
+                let cancel = dispatcher.corrupted(request)
+                let others = model.flights.filter { $0.parentID == request.parentID && $0 != request }
+                #expect(Self.sorted(cancel) == Self.sorted(others))
+                model.remove(parent: request.parentID)
+            case 75..<78:
+                guard let id = model.holdings.keys.randomElement(using: &random) else { continue }
+                let cancel = dispatcher.removeParent(id)
+                #expect(Self.sorted(cancel) == Self.sorted(model.flights.filter { $0.parentID == id }))
+                model.remove(parent: id)
+            case 78..<86:
+                guard let request = model.flights.randomElement(using: &random) else { continue }
+                dispatcher.progressed(request, bytes: 1024, now: now)
+                model.lastProgress[request.serial] = now
+            case 86..<92:
+                let stalled = dispatcher.stalled(now: now)
+                let expected = model.flights.filter { request in
+                    guard let last = model.lastProgress[request.serial] else { return false }
+                    return now - last > dispatcher.stallTimeout(ofPiece: request.piece)
+                }
+                #expect(stalled == Self.sorted(expected))
+                stats["stalls", default: 0] += stalled.count
+            default:
+                clock += Double.random(in: 0..<3, using: &random)
+            }
+
+            // The dispatcher's view matches the model after every event.
+            #expect(dispatcher.inFlightRequests == Self.sorted(model.flights))
+            #expect(dispatcher.heldPieceCount == model.held.count)
+            #expect(dispatcher.isComplete == (model.held.count == count))
+            #expect(dispatcher.parentIDs == model.holdings.keys.sorted())
+            #expect(dispatcher.missingPieces == model.missing)
+            #expect(dispatcher.piecesWithoutSource == model.withoutSource)
+            let needsReschedule =
+                model.held.count < count && (model.holdings.isEmpty || !model.withoutSource.isEmpty)
+            #expect(dispatcher.needsReschedule == needsReschedule)
+            #expect(dispatcher.isEndgame == model.isEndgame)
+            if model.flights.isEmpty {
+                #expect(dispatcher.nextStallDeadline == nil)
+            }
+            if !model.withoutSource.isEmpty { stats["sourceless", default: 0] += 1 }
+            if model.isEndgame { stats["endgame", default: 0] += 1 }
+        }
+        if model.held.count == count { stats["complete"] = 1 }
+        return stats
+    }
+}

@@ -21,6 +21,20 @@ package import DragonflyCore
 ///   parent at once (``corrupted(_:)``).
 /// - ``needsReschedule`` says when no current parent can supply some missing piece.
 ///
+/// How the conductor drives it (one dispatcher per download, owned by one task, so no lock):
+/// - `NormalTask` → `init` (or ``setPieceCount(_:contentLength:)``), ``trust(digests:)`` with its digests,
+///   ``addParent(_:)`` per parent; `PieceDigests` → ``trust(digests:)``; each `PieceAvailable` of a parent's
+///   SyncPieces stream → ``parent(_:has:)``; its last one or the stream's clean end →
+///   ``parentFinishedAnnouncing(_:)``; the stream failing or a `Reschedule` replacing it → ``removeParent(_:)``.
+/// - After every event: ``nextRequests(now:)``, start a fetch per request.
+/// - Bytes arriving → ``progressed(_:bytes:now:)``; verified → ``completed(_:bytes:now:)`` (cancel what it returns,
+///   then store the piece, send `PieceFinished`); HTTP/connection error, 404, 429 → ``failed(_:)``; digest
+///   mismatch → ``corrupted(_:)``; a piece from the origin → ``markHeld(_:)``.
+/// - A timer at ``nextStallDeadline``: cancel each of ``stalled(now:)`` and report it with ``failed(_:)``.
+/// - A dropped parent (``ParentVerdict/drop(cancel:)``, ``corrupted(_:)``) → `PieceFailed` to the scheduler;
+///   ``needsReschedule`` → `Reschedule` (rate-limited) or, after the retry limit, back to source for
+///   ``missingPieces``; done when ``isComplete``.
+///
 /// Costs: memory is O(pieces + parents); every event is O(log pieces) amortised per piece it touches, except
 /// ``removeParent(_:)``, ``setPieceCount(_:contentLength:)`` and the list-returning properties, which are
 /// O(pieces). Pieces are capped at ``maxPieceCount``, parents at ``Configuration/maxParents`` (≤ 64).
@@ -162,7 +176,7 @@ package struct PieceDispatcher: Sendable {
     /// - Parameters:
     ///   - pieceCount: The number of pieces, or nil while unknown (``setPieceCount(_:contentLength:)`` later).
     ///   - pieceLength: The task's piece length (positive).
-    ///   - contentLength: The content length when known (must match `pieceCount`).
+    ///   - contentLength: The content length when known (must match `pieceCount`; gives it when that is nil).
     ///   - held: Pieces already in local storage; never requested.
     /// - Throws: `invalidArgument` for a bad configuration, piece length, piece count or held piece.
     package init(
@@ -178,8 +192,10 @@ package struct PieceDispatcher: Sendable {
         }
         self.configuration = configuration
         self.pieceLength = pieceLength
-        if let pieceCount {
-            _ = try setPieceCount(pieceCount, contentLength: contentLength)
+        if let count = pieceCount
+            ?? contentLength.map({ PieceMath.pieceCount(contentLength: $0, pieceLength: pieceLength) })
+        {
+            _ = try setPieceCount(count, contentLength: contentLength)
         }
         for piece in held.sorted() {
             try track(piece)
