@@ -1,5 +1,7 @@
 package import DragonflyCore
+import DragonflyProto
 import DragonflyRPC
+import DragonflyStorage
 package import DragonflyTelemetry
 import Hummingbird
 package import Logging
@@ -11,8 +13,10 @@ package enum DaemonMode: String, Sendable {
     case seed = "cdn"
 }
 
-/// Builds the services of `dragonfly daemon` (and, in seed mode, `dragonfly cdn`): the peer gRPC service, the
-/// local API on its unix socket, the proxy, metrics, health and piece listeners. Takes the data-dir lock first.
+/// Builds the services of `dragonfly daemon` (and, in seed mode, `dragonfly cdn`): the piece store, the
+/// schedulers' client, the peer gRPC service and piece server other hosts fetch from, the local API on its unix
+/// socket, the proxy, metrics and health listeners, storage GC and (non-resident mode) the idle exit. Takes the
+/// data-dir lock first.
 package func makeDaemonServices(
     config: DaemonConfig,
     mode: DaemonMode,
@@ -25,6 +29,18 @@ package func makeDaemonServices(
     let socket = RolePaths.resolve(config.socket, default: RolePaths.defaultSocket(role: role))
     let lock = try DataDirectoryLock(directory: dataDirectory)
 
+    let daemonMetrics = DaemonMetrics(telemetry: telemetry)
+    let medium = try registry.makeMedium(
+        named: config.storage.medium,
+        context: StorageMediumContext(dataDirectory: dataDirectory, capacity: config.storage.quota.bytes))
+    let store = PieceStore(
+        dataDirectory: dataDirectory, medium: medium, configuration: PieceStoreConfiguration(storage: config.storage),
+        logger: logger)
+    let storeService = PieceStoreService(store: store, logger: logger)
+    let announcer = PieceAnnouncer()
+    let activity = ActivityTracker()
+    let identity = Published<HostIdentity>()
+
     let metrics = HTTPListenerService.endpoints(
         name: "metrics", address: config.listen.metrics, telemetry: telemetry, logger: logger)
     let health = HTTPListenerService.endpoints(
@@ -32,45 +48,115 @@ package func makeDaemonServices(
     let proxy = HTTPListenerService(name: "proxy", address: config.listen.proxy, logger: logger) { router in
         router.get("/healthy") { _, _ in "OK" }
     }
-    let piece = HTTPListenerService(name: "piece", address: config.listen.piece, logger: logger) { router in
-        router.get("/pieces/:task/:number") { _, context -> Response in
-            let task = context.parameters.get("task") ?? ""
-            guard TaskID(task) != nil else {
-                throw HTTPError(
-                    .badRequest, message: "'\(task.prefix(80))' is not a task ID (64 lowercase hex characters)")
-            }
-            guard let number = context.parameters.get("number", as: Int.self), number >= 0 else {
-                throw HTTPError(.badRequest, message: "piece number must be a non-negative integer")
-            }
-            throw HTTPError(.notFound, message: "piece \(number) of task \(task) is not here")
-        }
-    }
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-        .init(service: metrics), .init(service: health), .init(service: proxy), .init(service: piece),
-    ]
-    var listeners = [metrics.listener, health.listener, proxy.listener, piece.listener]
+    let limiter = UploadLimiter(config: config.upload)
+    let piece = PieceServer(
+        configuration: PieceServerConfiguration(address: config.listen.piece), store: store, limiter: limiter,
+        metrics: daemonMetrics, logger: logger)
+    let schedulers = try SchedulerPool(
+        addresses: config.scheduler.addresses, identity: identity, config: config,
+        uploadSlotsUsed: { limiter.slotsInUse }, logger: logger)
+    let conductor = DownloadConductor(
+        store: store, announcer: announcer, metrics: daemonMetrics, registry: registry, config: config,
+        schedulers: schedulers, identity: identity, logger: logger)
+    let isReady = Published<Void>()
+    let peerService = PeerService(
+        store: store, announcer: announcer, downloader: conductor, hostID: { identity.current?.hostID },
+        hostType: mode == .seed ? .super : .normal, isReady: { isReady.current != nil }, logger: logger)
     let peer = try GRPCServerService(
         address: .tcp(host: config.listen.peer.host, port: config.listen.peer.port),
-        services: [],
+        services: [peerService],
         listenerName: "peer",
         logger: logger
     )
     // The Local service lives on the unix socket only: it can write files as the daemon's user.
     let local = try GRPCServerService(
         address: .unixDomainSocket(path: socket),
-        services: [],
+        services: [LocalService(downloader: conductor, store: store, activity: activity, logger: logger)],
         listenerName: "local",
         logger: logger
     )
-    services += [.init(service: peer), .init(service: local)]
-    listeners.append(peer.listener)
+    let identityService = IdentityService(
+        config: config, isSeed: mode == .seed, peer: peer.listener, piece: piece.listener, proxy: proxy.listener,
+        identity: identity)
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+        .init(service: storeService), .init(service: identityService, successTerminationBehavior: .ignore),
+        .init(service: metrics), .init(service: health), .init(service: proxy), .init(service: piece),
+        .init(service: schedulers), .init(service: peer), .init(service: local),
+        .init(service: StorageGCService(store: store, interval: config.storage.gcInterval.duration, logger: logger)),
+        .init(service: ConductorShutdown(conductor: conductor)),
+    ]
+    if config.idleExit.duration > .zero {
+        services.append(
+            .init(
+                service: IdleExitService(idleExit: config.idleExit.duration, tracker: activity, logger: logger),
+                successTerminationBehavior: .gracefullyShutdownGroup))
+    }
+    let listeners = [metrics.listener, health.listener, proxy.listener, piece.listener, peer.listener]
     let localListener = local.listener
     return RoleServices(
         role: role,
         services: services,
         listeners: listeners,
         socket: socket,
-        readiness: { _ = try await localListener.value() },
+        readiness: {
+            _ = try await localListener.value()
+            try await storeService.loaded.value()
+            _ = try await identity.value()
+            await schedulers.waitUntilAnnounced()
+            isReady.publish(())
+        },
         retained: [lock]
     )
+}
+
+/// Reloads the store's tasks at start (DESIGN §7: restart keeps the cache) and persists its metadata on stop.
+struct PieceStoreService: Service {
+    let store: PieceStore
+    let logger: Logger
+    let loaded = Published<Void>()
+
+    func run() async throws {
+        do {
+            let count = try await store.reload()
+            logger.debug("reloaded stored tasks", metadata: ["df.tasks": "\(count)"])
+            loaded.publish(())
+        } catch {
+            loaded.fail(error)
+            throw error
+        }
+        try? await gracefulShutdown()
+        try await store.close()
+    }
+}
+
+/// Publishes the host identity once the peer, piece and proxy listeners are bound.
+struct IdentityService: Service {
+    let config: DaemonConfig
+    let isSeed: Bool
+    let peer: ListenerAddress
+    let piece: ListenerAddress
+    let proxy: ListenerAddress
+    let identity: Published<HostIdentity>
+
+    func run() async throws {
+        do {
+            let host = HostIdentity(
+                config: config, isSeed: isSeed, peer: try await peer.value(), piece: try await piece.value(),
+                proxy: try await proxy.value())
+            identity.publish(host)
+        } catch {
+            identity.fail(error)
+            throw error
+        }
+    }
+}
+
+/// Closes the conductor's HTTP client when the daemon stops.
+struct ConductorShutdown: Service {
+    let conductor: DownloadConductor
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await conductor.shutdown()
+    }
 }
