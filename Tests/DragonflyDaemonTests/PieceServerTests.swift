@@ -58,10 +58,12 @@ import Testing
                     }
                 }
                 #expect(server.acceptedConnections == 1)
+                // The server counts once its write completed, which may be just after the client has the bytes.
+                try await poll(timeLimit: .seconds(10), description: "six uploads counted") {
+                    server.limiter.uploadCount == 6 && server.limiter.slotsInUse == 0
+                }
                 let total = announced.reduce(0) { $0 + $1.length } * 2
                 #expect(uploadBytes(telemetry) == total)
-                #expect(server.limiter.uploadCount == 6)
-                #expect(server.limiter.slotsInUse == 0)
             }
         }
     }
@@ -216,6 +218,63 @@ import Testing
                     }
                 }
             }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: [false, true])
+    func compressesCompressiblePiecesForClientsThatAcceptLZ4(memory: Bool) async throws {
+        try await PieceFixture.with(memory: memory) { fixture in
+            let id = PieceFixture.taskID("lz4")
+            try await fixture.open(id, contentLength: 2 * Self.pieceLength, pieceLength: Self.pieceLength)
+            let regular = try await fixture.write(
+                id, 0, contentLength: 2 * Self.pieceLength, pieceLength: Self.pieceLength)
+            var generator = SystemRandomNumberGenerator()
+            let noise = (0..<Int(Self.pieceLength)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let noiseDigest = try await fixture.store.writePiece(taskID: id, number: 1, bytes: ByteBuffer(bytes: noise))
+            try await Self.withServer(fixture) { _, address in
+                try await HTTPTestConnection.with(address) { connection in
+                    let accept: HTTPHeaders = ["Accept-Encoding": "gzip, lz4"]
+                    try await connection.send("/pieces/\(id)/0", headers: accept)
+                    let received = try await connection.receive()
+                    let compressed = try #require(received)
+                    #expect(compressed.status == 200)
+                    #expect(compressed.headers["Content-Encoding"] == ["lz4"])
+                    #expect(compressed.headers["X-Dragonfly-Piece-Length"] == ["\(regular.length)"])
+                    #expect(compressed.headers["X-Dragonfly-Piece-Digest"] == [regular.digest])
+                    #expect(compressed.body.count < Int(regular.length) / 2)
+                    let piece = try PieceCompression.decompress(
+                        ByteBuffer(bytes: compressed.body), pieceLength: Int(regular.length))
+                    #expect(Array(piece.readableBytesView) == PieceFixture.bytes(0, length: Int(regular.length)))
+
+                    try await connection.send("/pieces/\(id)/1", headers: accept)
+                    let receivedNoise = try await connection.receive()
+                    let plain = try #require(receivedNoise)
+                    #expect(plain.status == 200)
+                    #expect(plain.headers["Content-Encoding"].isEmpty)
+                    #expect(plain.headers["X-Dragonfly-Piece-Digest"] == [noiseDigest])
+                    #expect(plain.body == noise)
+
+                    // Without Accept-Encoding the compressible piece goes as it is.
+                    let asIs = try await connection.get("/pieces/\(id)/0")
+                    #expect(asIs.headers["Content-Encoding"].isEmpty)
+                    #expect(asIs.body == PieceFixture.bytes(0, length: Int(regular.length)))
+                }
+            }
+        }
+    }
+
+    @Test func compressionHelpers() throws {
+        #expect(PieceCompression.isAccepted(by: ["lz4"]))
+        #expect(PieceCompression.isAccepted(by: ["gzip, LZ4;q=0.5"]))
+        #expect(!PieceCompression.isAccepted(by: ["gzip", "br"]))
+        #expect(!PieceCompression.isAccepted(by: ["lz4;q=0"]))
+        #expect(!PieceCompression.isAccepted(by: []))
+        let bytes = ByteBuffer(bytes: PieceFixture.bytes(3, length: 100_000))
+        let compressed = try #require(PieceCompression.compress(bytes))
+        #expect(try PieceCompression.decompress(compressed, pieceLength: 100_000) == bytes)
+        #expect(throws: DragonflyError.self) { try PieceCompression.decompress(compressed, pieceLength: 99_999) }
+        #expect(throws: DragonflyError.self) {
+            try PieceCompression.decompress(ByteBuffer(bytes: [0xff, 0x00, 0x01]), pieceLength: 100)
         }
     }
 

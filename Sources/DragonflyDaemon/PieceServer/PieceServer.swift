@@ -3,7 +3,7 @@ package import DragonflyStorage
 package import Logging
 package import NIOCore
 import NIOHTTP1
-import NIOPosix
+package import NIOPosix
 import Prometheus
 package import ServiceLifecycle
 import Synchronization
@@ -29,6 +29,9 @@ package struct PieceServerConfiguration: Sendable, Equatable {
     package var minimumSendRate: Int64 = 64 << 10
     /// …but every response gets at least this long.
     package var minimumSendTime: Duration = .seconds(60)
+    /// Pieces compressed at once for `Accept-Encoding: lz4` (each holds the piece and its compressed copy in
+    /// memory); 0 turns compression off. When all are busy, pieces go uncompressed.
+    package var maximumConcurrentCompressions: Int = 4
 
     package init(address: ListenAddress) {
         self.address = address
@@ -57,6 +60,7 @@ package struct PieceServer: Service {
     private let store: PieceStore
     private let metrics: DaemonMetrics?
     private let group: any EventLoopGroup
+    private let threadPool: NIOThreadPool
     private let logger: Logger
     private let counters = ConnectionCounters()
 
@@ -71,8 +75,10 @@ package struct PieceServer: Service {
         limiter: UploadLimiter,
         metrics: DaemonMetrics?,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        threadPool: NIOThreadPool = .singleton,
         logger: Logger
     ) {
+        self.threadPool = threadPool
         self.listener = ListenerAddress(name: "piece")
         self.configuration = configuration
         self.store = store
@@ -239,9 +245,15 @@ package struct PieceServer: Service {
             return try await sendError(.notFound, "piece \(number) of task \(id) is not here", head, channel)
         }
         var started = false
-        let sent: Int
+        var sent = 0
         do {
-            if store.medium is any FileBackedStorageMedium {
+            if let span = compressionSpan(info, number: number, head: head),
+                let compressed = try await sendCompressed(
+                    id, number: number, span: span, digest: digest, head: head, keepAlive: keepAlive, channel,
+                    started: &started)
+            {
+                sent = compressed
+            } else if store.medium is any FileBackedStorageMedium {
                 sent = try await store.withPieceFile(taskID: id, number: number) { file in
                     try await limiter.acquireBandwidth(Int64(file.length))
                     let handle = try Self.duplicate(file.descriptor)
@@ -279,6 +291,65 @@ package struct PieceServer: Service {
         return keepAlive
     }
 
+    /// Offset and length of the piece when the request accepts lz4, compression is on and a compression
+    /// permit is free (the caller then owns the permit); nil to send the piece as it is.
+    private func compressionSpan(_ info: StoredTaskInfo, number: Int, head: HTTPRequestHead) -> (
+        offset: Int64, length: Int64
+    )? {
+        guard configuration.maximumConcurrentCompressions > 0,
+            PieceCompression.isAccepted(by: head.headers["Accept-Encoding"]),
+            let contentLength = info.contentLength,
+            let span = PieceMath.span(ofPiece: number, contentLength: contentLength, pieceLength: info.pieceLength),
+            span.length <= PieceCompression.maximumPieceLength
+        else { return nil }
+        let permitted = counters.compressions.withLock { running in
+            guard running < configuration.maximumConcurrentCompressions else { return false }
+            running += 1
+            return true
+        }
+        return permitted ? span : nil
+    }
+
+    /// Sends the piece lz4-compressed when a probe of its start compresses well (releasing the permit taken
+    /// by ``compressionSpan(_:number:head:)``); returns the piece length sent, or nil when the caller should
+    /// send it uncompressed.
+    private func sendCompressed(
+        _ id: TaskID,
+        number: Int,
+        span: (offset: Int64, length: Int64),
+        digest: String,
+        head: HTTPRequestHead,
+        keepAlive: Bool,
+        _ channel: any Channel,
+        started: inout Bool
+    ) async throws -> Int? {
+        defer { counters.compressions.withLock { $0 -= 1 } }
+        var probe = ByteBuffer()
+        let probeEnd = span.offset + min(Int64(PieceCompression.probeLength), span.length)
+        try await store.readRange(taskID: id, range: span.offset..<probeEnd) { chunk in
+            probe.writeImmutableBuffer(chunk)
+        }
+        let pool = threadPool
+        let probed = probe
+        guard try await pool.runIfActive({ PieceCompression.isWorthCompressing(probe: probed) }) else { return nil }
+        let bytes = try await store.readPiece(taskID: id, number: number)
+        let compressed = try await pool.runIfActive { PieceCompression.compress(bytes) }
+        let body = compressed ?? bytes
+        try await limiter.acquireBandwidth(Int64(body.readableBytes))
+        started = true
+        var extra: [(String, String)] = []
+        if compressed != nil {
+            extra = [
+                ("Content-Encoding", PieceCompression.token),
+                (PieceCompression.pieceLengthHeader, String(bytes.readableBytes)),
+            ]
+        }
+        try await send(
+            body: .byteBuffer(body), length: body.readableBytes, digest: digest, head: head, keepAlive: keepAlive,
+            channel, extra: extra)
+        return bytes.readableBytes
+    }
+
     /// Writes a 200 with `body` and waits until it is on the wire; a reader slower than
     /// ``PieceServerConfiguration/minimumSendRate`` gets its connection closed.
     private func send(
@@ -287,12 +358,14 @@ package struct PieceServer: Service {
         digest: String,
         head: HTTPRequestHead,
         keepAlive: Bool,
-        _ channel: any Channel
+        _ channel: any Channel,
+        extra: [(String, String)] = []
     ) async throws {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Length", value: String(length))
         headers.add(name: "Content-Type", value: "application/octet-stream")
         headers.add(name: "X-Dragonfly-Piece-Digest", value: digest)
+        for (name, value) in extra { headers.add(name: name, value: value) }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         let response = HTTPResponseHead(version: head.version, status: .ok, headers: headers)
         let seconds = Double(length) / Double(max(configuration.minimumSendRate, 1))
@@ -351,6 +424,8 @@ package struct PieceServer: Service {
 private final class ConnectionCounters: Sendable {
     let accepted = Atomic<Int>(0)
     let open = Atomic<Int>(0)
+    /// Pieces being compressed now.
+    let compressions = Mutex(0)
 }
 
 /// Whether a connection is answering a request (then it is not idle, however long the response takes).
