@@ -71,7 +71,10 @@ package func makeDaemonServices(
     // The Local service lives on the unix socket only: it can write files as the daemon's user.
     let local = try GRPCServerService(
         address: .unixDomainSocket(path: socket),
-        services: [LocalService(downloader: conductor, store: store, activity: activity, logger: logger)],
+        services: [
+            LocalService(
+                downloader: conductor, store: store, schedulers: schedulers, activity: activity, logger: logger)
+        ],
         listenerName: "local",
         logger: logger
     )

@@ -17,12 +17,18 @@ import Foundation
 package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
     let downloader: any TaskDownloading
     let store: PieceStore
+    let schedulers: SchedulerPool?
     let activity: ActivityTracker?
     let logger: Logger
 
-    package init(downloader: any TaskDownloading, store: PieceStore, activity: ActivityTracker?, logger: Logger) {
+    /// - Parameter schedulers: Asked for their view of a task by `StatTask` with `ask_scheduler`.
+    package init(
+        downloader: any TaskDownloading, store: PieceStore, schedulers: SchedulerPool?, activity: ActivityTracker?,
+        logger: Logger
+    ) {
         self.downloader = downloader
         self.store = store
+        self.schedulers = schedulers
         self.activity = activity
         self.logger = logger
     }
@@ -51,7 +57,19 @@ package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
             let taskID = try TaskID.validated(request.taskID)
             var answer = Dragonfly_V1_StatLocalTaskResponse()
             if let info = store.taskInfo(taskID: taskID) {
-                answer.local = Self.taskInfo(info, store: store)
+                answer.local = Dragonfly_V1_TaskInfo(
+                    stored: info, digests: (try? store.pieceDigests(taskID: taskID)) ?? [])
+            }
+            if request.askScheduler, let (address, client) = schedulers?.candidates(for: taskID).first {
+                var stat = Dragonfly_V1_StatTaskRequest()
+                stat.taskID = taskID.rawValue
+                var options = CallOptions.defaults
+                options.timeout = .seconds(2)
+                do {
+                    answer.scheduler = try await client.statTask(stat, options: options)
+                } catch {
+                    answer.schedulerError = "scheduler \(address): \(DragonflyError(converting: error).message)"
+                }
             }
             return answer
         }
@@ -98,7 +116,10 @@ package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
                 download.disableBackToSource = true
                 _ = try await downloader.download(download) { _ in }
                 var answer = Dragonfly_V1_ExportTaskResponse()
-                if let info = store.taskInfo(taskID: taskID) { answer.task = Self.taskInfo(info, store: store) }
+                if let info = store.taskInfo(taskID: taskID) {
+                    answer.task = Dragonfly_V1_TaskInfo(
+                        stored: info, digests: (try? store.pieceDigests(taskID: info.taskID)) ?? [])
+                }
                 return answer
             }
         }
@@ -139,41 +160,5 @@ package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
             throw RPCError(
                 code: converted.rpcErrorCode, message: converted.rpcErrorMessage, metadata: converted.rpcErrorMetadata)
         }
-    }
-
-    /// The `TaskInfo` of a stored task.
-    package static func taskInfo(_ info: StoredTaskInfo, store: PieceStore) -> Dragonfly_V1_TaskInfo {
-        var message = Dragonfly_V1_TaskInfo()
-        message.id = info.taskID.rawValue
-        message.url = info.url
-        if let length = info.contentLength { message.contentLength = UInt64(length) }
-        message.pieceLength = UInt64(info.pieceLength)
-        if let count = info.pieceCount { message.pieceCount = UInt32(count) }
-        message.sizeScope =
-            switch SizeScope(contentLength: info.contentLength, pieceLength: info.pieceLength) {
-            case .empty: .empty
-            case .tiny: .tiny
-            case .small: .small
-            case .normal: .normal
-            }
-        message.state = info.isFinished ? .succeeded : (info.isInUse ? .running : .pending)
-        message.responseHeader = info.headers
-        message.createdAt = Google_Protobuf_Timestamp(date: info.createdAt)
-        message.updatedAt = Google_Protobuf_Timestamp(date: info.accessedAt)
-        let digests = (try? store.pieceDigests(taskID: info.taskID)) ?? []
-        for (number, digest) in digests.enumerated() {
-            guard let digest else { continue }
-            var piece = Dragonfly_V1_Piece()
-            piece.number = UInt32(number)
-            piece.offset = UInt64(Int64(number) * info.pieceLength)
-            let end =
-                info.contentLength.map { min(Int64(number + 1) * info.pieceLength, $0) }
-                ?? Int64(number + 1) * info.pieceLength
-            piece.length = UInt64(max(end - Int64(number) * info.pieceLength, 0))
-            piece.digest = digest
-            piece.source = .local
-            message.pieces.append(piece)
-        }
-        return message
     }
 }
