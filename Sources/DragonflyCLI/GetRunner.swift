@@ -178,38 +178,47 @@ enum GetRunner {
         case .success(let path): launch.executablePath = path
         case .failure(let error): return .failure(DragonflyError(code: .unavailable, message: error.message))
         }
-        let started = await capture { () async throws(DragonflyError) in
-            try await DaemonLauncher.ensureRunning(launch, timeLimit: daemonStartTimeLimit, logger: logger)
-        }
-        if case .failure(let error) = started {
-            let isFatal = error.code == .configuration || error.code == .cancelled
-            return .failure(isFatal ? error : DragonflyError(code: .unavailable, message: error.message))
-        }
-        let client = DaemonClient(socketPath: launch.socketPath, logger: logger)
-        let download = DaemonDownload(
-            request: request,
-            client: client,
-            priority: settings.priority,
-            dataDirectory: try? launch.effectiveDataDirectory()
-        )
-        let result = await capture { () async throws(DragonflyError) in
-            try await download.run { progress in
-                display.update(progress.getProgress, peerBytes: progress.bytesFromPeers)
+        // Two attempts: a daemon that reached its idle exit just after answering the probe is started again.
+        var attempt = 1
+        while true {
+            let started = await capture { () async throws(DragonflyError) in
+                try await DaemonLauncher.ensureRunning(launch, timeLimit: daemonStartTimeLimit, logger: logger)
             }
-        }
-        switch result {
-        case .success(let result):
-            return .success(Finished(summary: result.summary, peerBytes: result.peerBytes))
-        case .failure(let error) where DaemonClient.isDaemonUnavailable(error):
-            if download.hasWrittenToStandardOutput {
-                // Part of the stream is out: starting again elsewhere would corrupt it.
-                return .failure(DragonflyError(code: .failedPrecondition, message: error.message))
+            if case .failure(let error) = started {
+                let isFatal = error.code == .configuration || error.code == .cancelled
+                return .failure(isFatal ? error : DragonflyError(code: .unavailable, message: error.message))
             }
-            return .failure(
-                DragonflyError(
-                    code: error.code, message: "the daemon at \(launch.socketPath) failed: \(error.message)"))
-        case .failure(let error):
-            return .failure(error)
+            let client = DaemonClient(socketPath: launch.socketPath, logger: logger)
+            let download = DaemonDownload(
+                request: request,
+                client: client,
+                priority: settings.priority,
+                dataDirectory: try? launch.effectiveDataDirectory()
+            )
+            let result = await capture { () async throws(DragonflyError) in
+                try await download.run { progress in
+                    display.update(progress.getProgress, peerBytes: progress.bytesFromPeers)
+                }
+            }
+            switch result {
+            case .success(let result):
+                return .success(Finished(summary: result.summary, peerBytes: result.peerBytes))
+            case .failure(let error) where DaemonClient.isDaemonUnavailable(error):
+                if download.hasWrittenToStandardOutput {
+                    // Part of the stream is out: starting again elsewhere would corrupt it.
+                    return .failure(DragonflyError(code: .failedPrecondition, message: error.message))
+                }
+                if attempt == 1, error.code == .unavailable, !DaemonSocket.isAnswering(path: launch.socketPath) {
+                    logger.debug("the daemon went away; starting it again", metadata: ["df.daemon.error": "\(error)"])
+                    attempt += 1
+                    continue
+                }
+                return .failure(
+                    DragonflyError(
+                        code: error.code, message: "the daemon at \(launch.socketPath) failed: \(error.message)"))
+            case .failure(let error):
+                return .failure(error)
+            }
         }
     }
 
