@@ -567,7 +567,11 @@ import Testing
     /// What the dispatcher is told and what it answered, kept in plain collections.
     struct Model {
         let config: PieceDispatcher.Configuration
+        /// The real piece count, which the dispatcher may learn late.
         let count: Int
+        var isCountKnown: Bool
+        /// Pieces the dispatcher tracks: the count once known, before that the highest piece seen + 1.
+        var tracked: Int
         var holdings: [String: Set<Int>] = [:]
         var announcing: Set<String> = []
         var held: Set<Int> = []
@@ -581,7 +585,25 @@ import Testing
         func inFlight(_ piece: Int) -> Bool { flights.contains { $0.piece == piece } }
         func load(_ parent: String) -> Int { flights.filter { $0.parentID == parent }.count }
         func availability(_ piece: Int) -> Int { holdings.values.filter { $0.contains(piece) }.count }
-        var missing: [Int] { (0..<count).filter { !held.contains($0) } }
+        var missing: [Int] { (0..<tracked).filter { !held.contains($0) } }
+        var isComplete: Bool { isCountKnown && held.count == count }
+
+        mutating func saw(_ pieces: some Sequence<Int>) {
+            if !isCountKnown, let highest = pieces.max() { tracked = max(tracked, highest + 1) }
+        }
+
+        /// Missing, not in flight, with a holder that is not avoided for it (requestable or awaiting its digest).
+        var hasSourcedPiece: Bool {
+            missing.contains { piece in
+                !inFlight(piece) && holdings.contains { $0.value.contains(piece) && !isAvoided(piece, $0.key) }
+            }
+        }
+
+        var needsReschedule: Bool {
+            guard !isComplete else { return false }
+            if holdings.isEmpty || !withoutSource.isEmpty { return true }
+            return !isCountKnown && announcing.isEmpty && flights.isEmpty && !hasSourcedPiece
+        }
 
         /// Parents that could take a new request for `piece` now.
         func usable(_ piece: Int) -> [String] {
@@ -606,7 +628,7 @@ import Testing
         }
 
         var isEndgame: Bool {
-            config.endgameCopies > 1 && !flights.isEmpty
+            isCountKnown && config.endgameCopies > 1 && !flights.isEmpty
                 && missing.allSatisfy { trusted.contains($0) }
                 && missing.allSatisfy { piece in
                     inFlight(piece) || holdings.allSatisfy { !$0.value.contains(piece) || isAvoided(piece, $0.key) }
@@ -636,7 +658,7 @@ import Testing
     @Test func walksCoverDuplicatesDropsStallsAndMissingSources() throws {
         var total: [String: Int] = [:]
         for seed in Self.seeds { total.merge(try Self.walk(seed: seed), uniquingKeysWith: +) }
-        for kind in ["requests", "duplicates", "drops", "stalls", "sourceless", "endgame", "complete"] {
+        for kind in ["requests", "duplicates", "drops", "stalls", "sourceless", "endgame", "complete", "countLearned"] {
             #expect(total[kind, default: 0] > 0, "no \(kind) in any walk")
         }
     }
@@ -655,17 +677,21 @@ import Testing
         let count = Int.random(in: 1...120, using: &random)
         let pieceLength: Int64 = 1 << 20
         let contentLength = Int64(count) * pieceLength - Int64.random(in: 0..<pieceLength, using: &random)
+        let isCountKnown = Bool.random(using: &random)
         var dispatcher = try PieceDispatcher(
-            configuration: config, pieceCount: count, pieceLength: pieceLength, contentLength: contentLength
+            configuration: config, pieceCount: isCountKnown ? count : nil, pieceLength: pieceLength,
+            contentLength: isCountKnown ? contentLength : nil
         )
-        var model = PieceDispatcherModelTests.Model(config: config, count: count)
+        var model = PieceDispatcherModelTests.Model(
+            config: config, count: count, isCountKnown: isCountKnown, tracked: isCountKnown ? count : 0
+        )
         var nextParent = 0
         var clock = 0.0
         var stats: [String: Int] = [:]
 
         for _ in 0..<1000 {
             let now = PieceDispatcherTests.at(clock)
-            switch Int.random(in: 0..<100, using: &random) {
+            switch Int.random(in: 0...100, using: &random) {
             case 0..<6 where model.holdings.count < config.maxParents:
                 let id = "p\(nextParent)"
                 nextParent += 1
@@ -673,12 +699,14 @@ import Testing
                 let pieces = Set((0..<count).filter { _ in Int.random(in: 0..<3, using: &random) == 0 })
                 try dispatcher.parent(id, has: pieces.sorted())
                 model.holdings[id] = pieces
+                model.saw(pieces)
                 model.announcing.insert(id)
             case 6..<14:
                 guard let id = model.holdings.keys.randomElement(using: &random) else { continue }
                 let more = (0..<count).filter { _ in Int.random(in: 0..<8, using: &random) == 0 }
                 try dispatcher.parent(id, has: more)
                 model.holdings[id, default: []].formUnion(more)
+                model.saw(more)
             case 14..<16:
                 guard let id = model.announcing.randomElement(using: &random) else { continue }
                 dispatcher.parentFinishedAnnouncing(id)
@@ -687,6 +715,13 @@ import Testing
                 let pieces = (0..<count).filter { _ in Int.random(in: 0..<4, using: &random) == 0 }
                 try dispatcher.trust(digests: Dictionary(uniqueKeysWithValues: pieces.map { ($0, "sha256:\($0)") }))
                 model.trusted.formUnion(pieces)
+                model.saw(pieces)
+            case 100 where !model.isCountKnown:
+                let cancelled = try dispatcher.setPieceCount(count, contentLength: contentLength)
+                #expect(cancelled.isEmpty)
+                model.isCountKnown = true
+                model.tracked = count
+                stats["countLearned", default: 0] += 1
             case 22..<50:
                 let requests = dispatcher.nextRequests(now: now)
                 for request in requests {
@@ -772,13 +807,12 @@ import Testing
             // The dispatcher's view matches the model after every event.
             #expect(dispatcher.inFlightRequests == Self.sorted(model.flights))
             #expect(dispatcher.heldPieceCount == model.held.count)
-            #expect(dispatcher.isComplete == (model.held.count == count))
+            #expect(dispatcher.isComplete == model.isComplete)
+            #expect(dispatcher.pieceCount == (model.isCountKnown ? count : nil))
             #expect(dispatcher.parentIDs == model.holdings.keys.sorted())
             #expect(dispatcher.missingPieces == model.missing)
             #expect(dispatcher.piecesWithoutSource == model.withoutSource)
-            let needsReschedule =
-                model.held.count < count && (model.holdings.isEmpty || !model.withoutSource.isEmpty)
-            #expect(dispatcher.needsReschedule == needsReschedule)
+            #expect(dispatcher.needsReschedule == model.needsReschedule)
             #expect(dispatcher.isEndgame == model.isEndgame)
             if model.flights.isEmpty {
                 #expect(dispatcher.nextStallDeadline == nil)
@@ -786,7 +820,7 @@ import Testing
             if !model.withoutSource.isEmpty { stats["sourceless", default: 0] += 1 }
             if model.isEndgame { stats["endgame", default: 0] += 1 }
         }
-        if model.held.count == count { stats["complete"] = 1 }
+        if model.isComplete { stats["complete"] = 1 }
         return stats
     }
 }
