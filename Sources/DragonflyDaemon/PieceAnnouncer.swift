@@ -14,7 +14,8 @@ package struct AnnouncedPiece: Sendable, Hashable {
     package var digest: String
     /// The task's content length, once known.
     package var contentLength: Int64?
-    /// With this piece the host holds every piece of the task.
+    /// This is the task's final piece (by number), or with it the host holds every piece; `SyncPieces`
+    /// re-reads the store on it to tell whether the task is complete.
     package var isLast: Bool
 
     package init(number: Int, offset: Int64, length: Int64, digest: String, contentLength: Int64?, isLast: Bool) {

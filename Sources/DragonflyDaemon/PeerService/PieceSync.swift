@@ -93,13 +93,9 @@ struct PieceSync {
             switch event {
             case .piece(let piece):
                 progress.seen = true
-                if piece.isLast {
-                    // Every piece is stored now; the listing sends what is left and ends the stream.
-                    progress.holdsAll = true
-                    needsListing = true
-                } else if try await announce(piece, &progress, send: send) {
-                    return
-                }
+                if try await announce(piece, &progress, send: send) { return }
+                // The task's final piece (or the one completing it): the store says whether all are held now.
+                if piece.isLast { needsListing = true }
             case .overflowed, .timedOut:
                 needsListing = true
             case .finished:
@@ -176,6 +172,7 @@ struct PieceSync {
         }
         progress.sent.insert(piece.number)
         let complete = isComplete(progress)
+        if complete && interested.isEmpty { progress.holdsAll = true }
         try await send(
             Self.message(piece, contentLength: progress.contentLength, isLast: complete && progress.holdsAll))
         return complete
