@@ -87,6 +87,21 @@ package struct Netlab: Sendable {
         }
     }
 
+    /// The tbf rate of every host's link as `netlab list` reports it: `down` on the switch port (what the
+    /// host receives), `up` on its `eth0` (what it sends), e.g. `"200Mbit"`, or `"off"`.
+    package func shaping() async throws -> [String: (down: String, up: String)] {
+        let output = try await runCommand(scriptPath, ["list", name], timeLimit: .seconds(30))
+        guard output.status.isSuccess else {
+            throw TestSupportError(code: .commandFailed, message: "netlab list \(name) failed: \(output.standardError)")
+        }
+        var rates: [String: (down: String, up: String)] = [:]
+        for line in output.standardOutput.split(separator: "\n") {
+            let fields = line.split(separator: " ").map(String.init)
+            if fields.count == 4 { rates[fields[0]] = (fields[2], fields[3]) }
+        }
+        return rates
+    }
+
     /// Starts the built `dragonfly` inside `host` (as ``withDragonfly(_:environment:readyFile:executablePath:standardInput:workingDirectory:isolation:_:)``
     /// does on the host: stdout/stderr captured, `--ready-file` appended, SIGKILLed and reaped at the end of
     /// the scope). Its listeners should bind the host's address (``ip(of:)``), e.g. `"\(lab.ip(of: "h1")):0"`;

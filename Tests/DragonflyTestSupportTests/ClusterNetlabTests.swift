@@ -34,6 +34,11 @@ struct NetlabTests {
             let qdisc = try await lab.run(on: "h1", ["tc", "qdisc", "show", "dev", "eth0"])
             #expect(qdisc.status.isSuccess)
             #expect(qdisc.stdout.contains("tbf") && qdisc.stdout.contains("200Mbit"), "\(qdisc.stdout)")
+            let shaping = try await lab.shaping()
+            #expect(shaping["h2"]?.down == "200Mbit" && shaping["h2"]?.up == "200Mbit", "\(shaping)")
+            try await lab.shape("h2", down: "50mbit", up: "off")
+            let reshaped = try await lab.shaping()
+            #expect(reshaped["h2"]?.down == "50Mbit" && reshaped["h2"]?.up == "off", "\(reshaped)")
             let address = try await lab.run(on: "h2", ["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
             #expect(address.stdout.contains(" \(ip2)/24 "), "\(address.stdout)")
 

@@ -104,6 +104,27 @@ import Musl
         }
     }
 
+    @Test(.timeLimit(.minutes(2)))
+    func aNodeThatCannotStartFailsTheClusterWithItsStderrAndLeavesNothing() async throws {
+        let error = await #expect(throws: TestSupportError.self) {
+            try await withP2PCluster(seeds: 0, daemons: 2, daemonConfigYAML: "noSuchKey: 1\n") { _ in
+                Issue.record("the body ran although the daemons' config is invalid")
+            }
+        }
+        #expect(error?.code == .processExitedEarly)
+        #expect(error?.message.hasPrefix("daemon1: ") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("noSuchKey") == true, "\(String(describing: error))")
+        // The message quotes the command line, which names the cluster directory: it and its processes are gone.
+        let token = try #require(
+            (error?.message ?? "").split(separator: " ").first { $0.contains("/dragonfly-test-cluster-") })
+        let components = token.split(separator: "/", omittingEmptySubsequences: false)
+        let end = try #require(components.firstIndex { $0.hasPrefix("dragonfly-test-cluster-") })
+        let directory = components[...end].joined(separator: "/")
+        #expect(directory.hasPrefix("/") && directory.count > "/dragonfly-test-cluster-".count, "\(directory)")
+        #expect(Self.processes(mentioning: directory).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: directory))
+    }
+
     @Test(.timeLimit(.minutes(5)))
     func getOnEveryDaemonAtOnceWritesTheFile() async throws {
         var generator = SystemRandomNumberGenerator()
