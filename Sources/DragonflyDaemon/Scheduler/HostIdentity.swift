@@ -1,5 +1,6 @@
 package import DragonflyCore
 package import DragonflyProto
+import NIOCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -86,24 +87,15 @@ package struct HostIdentity: Sendable, Hashable {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The first IPv4 address of an interface that is not loopback, from NIO's device list (no raw
+    /// `sockaddr_in` handling here: which C module defines its members depends on the build order).
     static func firstNonLoopbackIPv4() -> String? {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return nil }
-        defer { freeifaddrs(list) }
-        var cursor: UnsafeMutablePointer<ifaddrs>? = first
-        while let entry = cursor {
-            defer { cursor = entry.pointee.ifa_next }
-            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) else {
+        guard let devices = try? System.enumerateDevices() else { return nil }
+        for device in devices {
+            guard case .v4 = device.address, let ip = device.address?.ipAddress, !ip.hasPrefix("127.") else {
                 continue
             }
-            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-            let ok = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { inet in
-                var sin = inet.pointee.sin_addr
-                return inet_ntop(AF_INET, &sin, &text, socklen_t(text.count)) != nil
-            }
-            guard ok else { continue }
-            let ip = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if !ip.hasPrefix("127.") { return ip }
+            return ip
         }
         return nil
     }
