@@ -25,7 +25,8 @@ struct ParentSelectorTests {
         var child: SchedulerPeer { task.peers["child"] ?? SchedulerPeer(id: "", hostID: "", taskID: "", now: .now) }
     }
 
-    static let selector = ParentSelector(strategy: DefaultStrategy())
+    /// With `scheduling.acyclic`, so that every filter, the cycle rule included, is exercised.
+    static let selector = ParentSelector(strategy: DefaultStrategy(), isAcyclic: true)
 
     static func scene(rejecting reason: ParentSelector.Rejection) -> (Scene, candidate: String) {
         var scene = Scene()
@@ -51,6 +52,13 @@ struct ParentSelectorTests {
             scene.task.dag.addEdge(from: "child", to: "cand")
         }
         return (scene, "cand")
+    }
+
+    @Test("without scheduling.acyclic a peer may feed the peer that feeds it")
+    func mutualParentsByDefault() {
+        let (scene, candidate) = Self.scene(rejecting: .wouldCreateCycle)
+        let selector = ParentSelector(strategy: DefaultStrategy())
+        #expect(selector.rejection(of: candidate, for: scene.child, in: scene.task, hosts: scene.hosts) == nil)
     }
 
     @Test("each filter rejects its candidate", arguments: ParentSelector.Rejection.allCases)

@@ -206,6 +206,68 @@ struct PeerSchedulerTests {
         #expect(scheduler.registry.task(Fixture.taskID)?.dag.parents(of: "child") == ["reader"])
     }
 
+    @Test("a peer's first piece offers it as an extra parent to the task's downloading peers")
+    func firstPieceOffersTheHolderAsAParent() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 10, complete: false)
+        // Both register before either started (as when they waited for the reader together): each gets the reader.
+        for (peer, host) in [("a", "h2"), ("b", "h3")] {
+            let outcome = try scheduler.register(Fixture.registration(peer, host: host), now: Fixture.start)
+            #expect(outcome.decision.parents == ["reader"])
+        }
+        for peer in ["a", "b"] { _ = scheduler.handle(.started, from: Fixture.key(peer), now: Fixture.start) }
+        func piece(_ number: UInt32) -> PeerEvent {
+            .pieceFinished(
+                number: number, parentID: "reader", length: 4 * Self.mib, cost: .milliseconds(5),
+                digest: Self.digest(number))
+        }
+        let offered = scheduler.handle(piece(0), from: Fixture.key("a"), now: Fixture.start)
+        guard offered.count == 1, case .send(Fixture.key("b"), .normalTask(let plan)) = offered.first else {
+            Issue.record("expected one NormalTask to b, got \(offered)")
+            return
+        }
+        #expect(Set(plan.parents.map(\.peerID)) == ["reader", "a"])
+        #expect(plan.pieceDigests[0] == Self.digest(0))
+        #expect(scheduler.registry.peer(Fixture.key("b"))?.parents == ["reader", "a"])
+
+        // b's first piece: b may feed a although a feeds b (peers trade both ways unless `scheduling.acyclic`).
+        let back = scheduler.handle(piece(1), from: Fixture.key("b"), now: Fixture.start)
+        guard back.count == 1, case .send(Fixture.key("a"), .normalTask(let mutual)) = back.first else {
+            Issue.record("expected one NormalTask to a, got \(back)")
+            return
+        }
+        #expect(Set(mutual.parents.map(\.peerID)) == ["reader", "b"])
+        #expect(scheduler.registry.task(Fixture.taskID)?.dag.parents(of: "a") == ["reader", "b"])
+        // Later pieces offer nothing new.
+        #expect(scheduler.handle(piece(2), from: Fixture.key("a"), now: Fixture.start).isEmpty)
+    }
+
+    @Test("a parent reported corrupted is handed out to no child of the task again")
+    func corruptedParent() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 10)
+        _ = try scheduler.register(Fixture.registration("mid", host: "h2", pieces: [0, 1]), now: Fixture.start)
+        _ = scheduler.handle(.started, from: Fixture.key("mid"), now: Fixture.start)
+        let child = try scheduler.register(Fixture.registration("child", host: "h3"), now: Fixture.start)
+        #expect(Set(child.decision.parents) == ["reader", "mid"])
+
+        // A plain permanent failure blocklists the parent for the reporting child only.
+        _ = scheduler.handle(
+            .pieceFailed(number: 0, parentID: "mid", isTemporary: false), from: Fixture.key("child"), now: Fixture.start
+        )
+        #expect(scheduler.registry.peer(Fixture.key("mid"))?.servesCorruptData == false)
+        let other = try scheduler.register(Fixture.registration("other", host: "h4"), now: Fixture.start)
+        #expect(Set(other.decision.parents) == ["reader", "mid"])
+
+        // Corrupted bytes: nobody gets that parent any more, the reporter included.
+        _ = scheduler.handle(
+            .pieceFailed(number: 1, parentID: "mid", isTemporary: false, isCorrupted: true), from: Fixture.key("other"),
+            now: Fixture.start)
+        #expect(scheduler.registry.peer(Fixture.key("mid"))?.servesCorruptData == true)
+        let late = try scheduler.register(Fixture.registration("late", host: "h3"), now: Fixture.start)
+        #expect(late.decision.parents.contains("reader") && !late.decision.parents.contains("mid"))
+    }
+
     @Test("reschedule honours the blocklist it carries")
     func rescheduleBlocklist() throws {
         var scheduler = try Fixture.scheduler(hosts: Self.hosts)

@@ -4,15 +4,22 @@ import Testing
 
 @Suite("Peer DAG")
 struct PeerDAGTests {
-    @Test("an edge that closes a cycle is refused")
-    func refusesCycles() {
+    @Test("only a self edge is refused; canAddEdge tells which edges would close a cycle")
+    func cycles() {
         var dag = PeerDAG()
-        let added = [("a", "b"), ("b", "c"), ("c", "a"), ("b", "a"), ("a", "a"), ("a", "c")].map { edge in
-            dag.addEdge(from: edge.0, to: edge.1)
-        }
-        // a → b → c → a and b → a close cycles, a self edge is a cycle, a second path a → c is not.
-        #expect(added == [true, true, false, false, false, true])
+        let first = dag.addEdge(from: "a", to: "b")
+        let second = dag.addEdge(from: "b", to: "c")
+        #expect(first && second)
+        // c → a and b → a would close cycles, a self edge is one, a second path a → c is not.
+        #expect(
+            [("c", "a"), ("b", "a"), ("a", "a"), ("a", "c")].map { dag.canAddEdge(from: $0.0, to: $0.1) }
+                == [false, false, false, true])
+        // The edges record what the selector chose: mutual parents are allowed unless `scheduling.acyclic`.
+        let mutual = dag.addEdge(from: "b", to: "a")
+        let selfEdge = dag.addEdge(from: "a", to: "a")
+        #expect(mutual && !selfEdge)
         #expect(dag.edgeCount == 3)
+        #expect(dag.parents(of: "a") == ["b"] && dag.children(of: "a") == ["b"])
     }
 
     @Test("removing a peer returns its children and drops its edges")

@@ -161,6 +161,11 @@ package struct SchedulerConfig: RoleConfiguration {
         package var backToSourceBase: Int = 1
         /// ... plus one per this many peers.
         package var backToSourcePeersPerExtra: Int = 100
+        /// Refuse a parent whose edge would close a cycle among the task's peers (Dragonfly's DAG). Off by
+        /// default: two downloading peers may then feed each other, which a swarm needs once the seed's upload
+        /// is the bottleneck. Harmless either way: a peer asks only for pieces it lacks, verified against
+        /// trusted digests, so no piece can circulate.
+        package var acyclic: Bool = false
         package init() {}
     }
 

@@ -1,5 +1,6 @@
-/// The parent → child edges between the peers of one task. Adding an edge that would close a cycle is
-/// refused, so pieces always flow away from the origin readers.
+/// The parent → child edges between the peers of one task. It records what the ``ParentSelector`` chose: with
+/// `scheduling.acyclic` (Dragonfly's DAG) the selector asks ``canAddEdge(from:to:)`` first, so the edges form a
+/// DAG; without it two downloading peers may feed each other. Only a self edge is refused here.
 package struct PeerDAG: Sendable, Hashable {
     private var childrenByParent: [String: Set<String>] = [:]
     private var parentsByChild: [String: Set<String>] = [:]
@@ -23,10 +24,10 @@ package struct PeerDAG: Sendable, Hashable {
         parent != child && !isReachable(parent, from: child)
     }
 
-    /// Adds `parent → child`; returns `false` and changes nothing when it would close a cycle.
+    /// Adds `parent → child`; returns `false` and changes nothing for a self edge.
     @discardableResult
     package mutating func addEdge(from parent: String, to child: String) -> Bool {
-        guard canAddEdge(from: parent, to: child) else { return false }
+        guard parent != child else { return false }
         childrenByParent[parent, default: []].insert(child)
         parentsByChild[child, default: []].insert(parent)
         return true

@@ -14,6 +14,9 @@ package struct SchedulerPeer: Sendable, Hashable {
     package var pieceCosts: PieceCostWindow
     /// How often the peer asked for new parents (reschedules and permanent piece failures).
     package var rescheduleCount: Int
+    /// A child reported bytes from this peer that failed verification: it is never handed out as a parent of
+    /// this task again.
+    package var servesCorruptData: Bool
     /// The download asked never to read the origin.
     package var isBackToSourceDisabled: Bool
     /// The download asked to read the origin directly.
@@ -41,6 +44,7 @@ package struct SchedulerPeer: Sendable, Hashable {
         self.blocklist = []
         self.pieceCosts = PieceCostWindow()
         self.rescheduleCount = 0
+        self.servesCorruptData = false
         self.isBackToSourceDisabled = isBackToSourceDisabled
         self.wantsBackToSource = wantsBackToSource
         self.registeredAt = now
@@ -54,7 +58,8 @@ package struct SchedulerPeer: Sendable, Hashable {
     /// successfully (parents serve while they download, DESIGN §5), or it was answered and already holds
     /// pieces (a re-registration after a scheduler failover).
     package var canServe: Bool {
-        switch state {
+        guard !servesCorruptData else { return false }
+        return switch state {
         case .running, .backToSource, .succeeded: true
         case .receivedSmall, .receivedNormal: finishedPieceCount > 0
         case .pending, .receivedEmpty, .receivedTiny, .failed, .leave: false

@@ -57,16 +57,22 @@ package struct ParentSelector: Sendable {
     package var candidateSampleLimit: Int
     /// Parents handed to a child.
     package var parentLimit: Int
+    /// Whether an edge that would close a cycle among the task's peers is refused (`scheduling.acyclic`).
+    package var isAcyclic: Bool
 
-    package init(strategy: any SchedulingStrategy, candidateSampleLimit: Int = 40, parentLimit: Int = 8) {
+    package init(
+        strategy: any SchedulingStrategy, candidateSampleLimit: Int = 40, parentLimit: Int = 8, isAcyclic: Bool = false
+    ) {
         self.strategy = strategy
         self.candidateSampleLimit = max(candidateSampleLimit, 1)
         self.parentLimit = max(parentLimit, 1)
+        self.isAcyclic = isAcyclic
     }
 
     package init(strategy: any SchedulingStrategy, config: SchedulerConfig.SchedulingConfig) {
         self.init(
-            strategy: strategy, candidateSampleLimit: config.candidateSampleLimit, parentLimit: config.parentLimit)
+            strategy: strategy, candidateSampleLimit: config.candidateSampleLimit, parentLimit: config.parentLimit,
+            isAcyclic: config.acyclic)
     }
 
     /// Why `candidateID` cannot be a parent of `child`, or `nil` when it can.
@@ -84,7 +90,7 @@ package struct ParentSelector: Sendable {
         guard let host = hosts[candidate.hostID] else { return .unknownHost }
         if host.isSharingDisabled { return .sharingDisabled }
         if host.freeUploadSlots <= 0 { return .noFreeUploadSlot }
-        if !task.dag.canAddEdge(from: candidateID, to: child.id) { return .wouldCreateCycle }
+        if isAcyclic && !task.dag.canAddEdge(from: candidateID, to: child.id) { return .wouldCreateCycle }
         return nil
     }
 
@@ -137,19 +143,39 @@ package struct ParentSelector: Sendable {
         var scored: [ParentChoice] = []
         for candidateID in sample(task, using: &generator)
         where rejection(of: candidateID, for: child, in: task, hosts: hosts) == nil {
-            guard let peer = task.peers[candidateID], let host = hosts[peer.hostID] else { continue }
-            let score = strategy.score(Self.makeCandidate(peer, host: host, task: task), for: context)
-            scored.append(
-                ParentChoice(
-                    peerID: peer.id,
-                    hostID: host.id,
-                    peerAddress: host.peerAddress,
-                    pieceDataAddress: host.pieceDataAddress,
-                    isFinished: peer.state == .succeeded,
-                    score: score
-                ))
+            if let choice = Self.choice(candidateID, in: task, hosts: hosts, strategy: strategy, context: context) {
+                scored.append(choice)
+            }
         }
         scored.sort { ($0.score, $1.peerID) > ($1.score, $0.peerID) }
         return Array(scored.prefix(parentLimit))
+    }
+
+    /// `candidateID` as a parent of `child`, scored; `nil` when a filter rejects it (unless `filtered` is
+    /// false, for a parent the child already has) or its host is unknown.
+    package func choice(
+        _ candidateID: String, for child: SchedulerPeer, in task: SchedulerTask, hosts: [String: PeerHost],
+        filtered: Bool = true
+    ) -> ParentChoice? {
+        guard !filtered || rejection(of: candidateID, for: child, in: task, hosts: hosts) == nil,
+            let childHost = hosts[child.hostID]
+        else { return nil }
+        let context = ChildContext(hostID: childHost.id, idc: childHost.idc, location: childHost.location)
+        return Self.choice(candidateID, in: task, hosts: hosts, strategy: strategy, context: context)
+    }
+
+    private static func choice(
+        _ candidateID: String, in task: SchedulerTask, hosts: [String: PeerHost], strategy: any SchedulingStrategy,
+        context: ChildContext
+    ) -> ParentChoice? {
+        guard let peer = task.peers[candidateID], let host = hosts[peer.hostID] else { return nil }
+        return ParentChoice(
+            peerID: peer.id,
+            hostID: host.id,
+            peerAddress: host.peerAddress,
+            pieceDataAddress: host.pieceDataAddress,
+            isFinished: peer.state == .succeeded,
+            score: strategy.score(makeCandidate(peer, host: host, task: task), for: context)
+        )
     }
 }

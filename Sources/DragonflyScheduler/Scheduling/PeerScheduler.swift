@@ -184,7 +184,17 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         }
         let hosts = registry.hosts
         var decision: BackToSourceRationer.Decision?
-        if rationer.isOverRetryLimit(peer) || peer.wantsBackToSource {
+        // Nobody reads the origin and no complete copy exists (a new task, a failed reader, or the task's
+        // scheduler died and peers re-register here with parts of it): parents could only hand out what is
+        // already fetched, so the rationer picks an origin reader first — a seed host over a triggered one,
+        // then the first registrant — and everyone else gets it as a parent as soon as it has pieces.
+        let lacksOriginReader =
+            task.backToSourcePeers.isEmpty && task.state != .succeeded
+            && !task.peers.values.contains { $0.state == .succeeded }
+        let isSeedPeer = hosts[peer.hostID]?.isSeed == true
+        if rationer.isOverRetryLimit(peer) || peer.wantsBackToSource
+            || (lacksOriginReader && (isSeedPeer || task.triggeredSeedHosts.isEmpty))
+        {
             let early = rationer.decide(for: peer, in: task, hosts: hosts)
             switch early {
             case .backToSource, .fail: decision = early
@@ -231,7 +241,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             responseHeader: task.responseHeader)
     }
 
-    /// Replaces the child's parents in the DAG and on the peer; edges that would close a cycle are dropped.
+    /// Replaces the child's parents in the task's edges and on the peer.
     private mutating func setParents(_ parents: [ParentChoice], of key: PeerKey) {
         registry.modifyTask(key.taskID) { task in
             task.dag.removeParents(of: key.peerID)
@@ -265,6 +275,45 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         var actions: [SchedulerAction] = []
         for peerID in waiting {
             actions += reschedule(PeerKey(taskID: taskID, peerID: peerID), now: now)
+        }
+        return actions
+    }
+
+    /// Offers a peer that just became able to serve (its first piece) as an extra parent to the task's peers
+    /// that download from parents and have fewer than the parent limit, fewest parents first. Each gets a
+    /// `NormalTask` with its parents (the daemon opens the ones it does not know yet). Without this, peers that
+    /// register together only ever get the first holders — a star around the seed instead of a swarm.
+    /// Bounded: a child takes at most the parent limit; the selector's filters apply (`acyclic` among them).
+    private mutating func offerAsParent(_ key: PeerKey) -> [SchedulerAction] {
+        guard let task = registry.task(key.taskID), task.peers[key.peerID]?.canServe == true else { return [] }
+        let hosts = registry.hosts
+        let children = task.peers.values.filter { child in
+            guard child.id != key.peerID, child.parents.count < selector.parentLimit,
+                !child.parents.contains(key.peerID)
+            else { return false }
+            return child.state == .receivedNormal || child.state == .running
+        }.sorted { ($0.parents.count, $0.id) < ($1.parents.count, $1.id) }
+        var actions: [SchedulerAction] = []
+        for child in children {
+            guard let current = registry.task(key.taskID), let child = current.peers[child.id],
+                selector.choice(key.peerID, for: child, in: current, hosts: hosts) != nil
+            else { continue }
+            var added = false
+            registry.modifyTask(key.taskID) { task in
+                guard task.dag.addEdge(from: key.peerID, to: child.id) else { return }
+                task.peers[child.id]?.parents.append(key.peerID)
+                added = true
+            }
+            guard added, let updated = registry.task(key.taskID), let updatedChild = updated.peers[child.id] else {
+                continue
+            }
+            let parents = updatedChild.parents.compactMap {
+                selector.choice($0, for: updatedChild, in: updated, hosts: hosts, filtered: false)
+            }
+            actions.append(
+                .send(
+                    PeerKey(taskID: key.taskID, peerID: child.id),
+                    .normalTask(makeNormalPlan(parents: parents, task: updated))))
         }
         return actions
     }
@@ -315,7 +364,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
                 selector.strategy.recordTransfer(
                     parentHostID: parentHostID, childHostID: peer.hostID, bytes: length, duration: cost)
             }
-            return isFirstPiece ? scheduleWaitingPeers(taskID: key.taskID, now: now) : []
+            return isFirstPiece ? scheduleWaitingPeers(taskID: key.taskID, now: now) + offerAsParent(key) : []
 
         case .pieceBackToSourceFinished(let number, _, _, let digest):
             let isFirstPiece = peer.finishedPieceCount == 0
@@ -324,14 +373,16 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
                 task.peers[key.peerID]?.finishedPieces.insert(number)
                 if trusted { task.learnDigest(digest, forPiece: number) }
             }
-            return isFirstPiece ? scheduleWaitingPeers(taskID: key.taskID, now: now) : []
+            return isFirstPiece ? scheduleWaitingPeers(taskID: key.taskID, now: now) + offerAsParent(key) : []
 
-        case .pieceFailed(_, let parentID, let isTemporary):
+        case .pieceFailed(_, let parentID, let isTemporary, let isCorrupted):
             if let parentHostID = task.peers[parentID]?.hostID {
                 registry.modifyHost(parentHostID) { $0.uploadFailureCount += 1 }
             }
             guard !isTemporary else { return [] }
             registry.modifyTask(key.taskID) { task in
+                // Bytes that fail verification will fail for every child: nobody gets this parent again.
+                if isCorrupted { task.peers[parentID]?.servesCorruptData = true }
                 task.peers[key.peerID]?.blocklist.insert(parentID)
                 task.peers[key.peerID]?.parents.removeAll { $0 == parentID }
                 task.peers[key.peerID]?.rescheduleCount += 1

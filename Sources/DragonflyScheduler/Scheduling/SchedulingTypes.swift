@@ -164,8 +164,9 @@ package enum PeerEvent: Sendable, Hashable {
     case pieceFinished(number: UInt32, parentID: String?, length: Int64, cost: Duration, digest: String)
     /// `PieceBackToSourceFinished`: read from the origin; its digest becomes trusted.
     case pieceBackToSourceFinished(number: UInt32, length: Int64, cost: Duration, digest: String)
-    /// `PieceFailed`.
-    case pieceFailed(number: UInt32, parentID: String, isTemporary: Bool)
+    /// `PieceFailed`; `isCorrupted` when the parent's bytes failed verification (reason
+    /// ``PieceFailureReason/corrupted``).
+    case pieceFailed(number: UInt32, parentID: String, isTemporary: Bool, isCorrupted: Bool = false)
     /// `Reschedule`.
     case reschedule(blocklist: [String])
     /// `Finished`.

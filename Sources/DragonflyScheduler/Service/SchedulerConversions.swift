@@ -134,7 +134,9 @@ package enum SchedulerConversions {
                 digest: piece.digest)
         case .pieceFailed(let failed):
             try checkIdentifier(failed.parentID, field: "piece_failed.parent_id")
-            return .pieceFailed(number: failed.pieceNumber, parentID: failed.parentID, isTemporary: failed.temporary)
+            return .pieceFailed(
+                number: failed.pieceNumber, parentID: failed.parentID, isTemporary: failed.temporary,
+                isCorrupted: !failed.temporary && failed.reason == PieceFailureReason.corrupted)
         case .reschedule(let reschedule):
             return .reschedule(blocklist: reschedule.blocklist)
         case .finished(let finished):
