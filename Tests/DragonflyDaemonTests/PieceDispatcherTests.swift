@@ -70,6 +70,29 @@ import Testing
         #expect(dispatcher.nextRequests(now: Self.at(10)).isEmpty)
     }
 
+    @Test(arguments: [0, 3, 7, 63, 64, 150, 199])
+    func equallyRarePiecesStartAtTheTieBreakStartAndWrapAround(start: Int) throws {
+        // 200 pieces span four 64-bit words; pieces 0–19 are held by "a" alone, the rest by both.
+        var dispatcher = try Self.make(
+            Self.config(maxInFlight: 1) { $0.tieBreakStart = start }, count: 200,
+            parents: ["a": 0..<200, "b": 20..<200]
+        )
+        var order: [Int] = []
+        for step in 0..<200 {
+            let requests = dispatcher.nextRequests(now: Self.at(Double(step)))
+            try #require(requests.count == 1)
+            order.append(requests[0].piece)
+            _ = dispatcher.completed(requests[0], bytes: Int(4 * Self.mib), now: Self.at(Double(step) + 0.5))
+        }
+        // Within each availability, ascending from the start, then wrapping around.
+        func rotated(_ pieces: Range<Int>) -> [Int] {
+            let from = min(max(start, pieces.lowerBound), pieces.upperBound)
+            return Array(from..<pieces.upperBound) + Array(pieces.lowerBound..<from)
+        }
+        #expect(order == rotated(0..<20) + rotated(20..<200))
+        #expect(dispatcher.isComplete)
+    }
+
     @Test func rarestPiecesGoToTheirOnlyHolder() throws {
         var dispatcher = try Self.make(
             Self.config(endgameCopies: 1), count: 6, parents: ["a": 0..<6, "b": 0..<4, "c": 0..<2]

@@ -78,7 +78,15 @@ package final class DownloadConductor: TaskDownloading {
             // The subscription ends when the run ends or when this caller is cancelled (which only ends its wait).
             let subscription = handle.hub.subscribe()
             defer { handle.hub.unsubscribe(subscription) }
-            for await update in subscription { await progress(update) }
+            for await update in subscription {
+                await progress(update)
+                // A range caller is done once its pieces are held; the run goes on for the rest of the task.
+                if request.range != nil, update.hasPiece,
+                    let done = try await exportIfHeld(request, progress: progress)
+                {
+                    return done
+                }
+            }
             try Task.checkCancellation()
             do {
                 try await handle.wait()

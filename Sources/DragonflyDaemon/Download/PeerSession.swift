@@ -143,6 +143,9 @@ final class SessionState {
     var pieceCount: Int?
     var pendingDigests: [Int: String] = [:]
     var parents: [String: ParentInfo] = [:]
+    /// Bytes stored from each parent this session, for the debug summary (at most ``maximumParents`` live
+    /// parents; dropped ones stay counted, bounded by the reschedule limit).
+    var bytesByParent: [String: Int64] = [:]
     var syncs: [String: Task<Void, Never>] = [:]
     var fetches: [PieceDispatcher.Request: Task<Void, Never>] = [:]
     var origin: Task<Void, Never>?
@@ -208,6 +211,9 @@ final class SessionState {
             let duplicates = dispatcher?.completed(request, bytes: Int(length), now: clock.now) ?? []
             cancel(duplicates)
             context.metrics.downloadPeerBytes.increment(by: length)
+            if bytesByParent.count < 4 * Self.maximumParents || bytesByParent[request.parentID] != nil {
+                bytesByParent[request.parentID, default: 0] += length
+            }
             lastProgress = clock.now
             var piece = Dragonfly_V1_Piece()
             piece.number = UInt32(request.piece)
@@ -232,7 +238,7 @@ final class SessionState {
                     "a parent sent a piece that failed verification; dropping it",
                     metadata: ["df.parent": "\(request.parentID)", "df.piece": "\(request.piece)"])
                 cancel(dispatcher?.corrupted(request) ?? [])
-                reportFailed(request, permanent: true)
+                reportFailed(request, permanent: true, reason: PieceFailureReason.corrupted)
                 dropParent(request.parentID, corrupted: true)
             } else {
                 logger.debug(
@@ -362,6 +368,8 @@ final class SessionState {
         var configuration = PieceDispatcher.Configuration()
         configuration.maxInFlight = min(max(context.config.download.concurrentPieces, 1), 256)
         configuration.perParentLimit = min(configuration.perParentLimit, configuration.maxInFlight)
+        // Every peer of a swarm starts at its own place among equally rare pieces (DESIGN §6, rarest first).
+        if let count = pieceCount, count > 1 { configuration.tieBreakStart = Int.random(in: 0..<count) }
         do {
             dispatcher = try PieceDispatcher(
                 configuration: configuration, pieceCount: pieceCount, pieceLength: pieceLength,
@@ -419,6 +427,7 @@ final class SessionState {
                 pieceDataAddress: parent.pieceDataAddress)
             parents[info.peerID] = info
             dispatcher?.addParent(info.peerID)
+            logger.debug("parent added", metadata: ["df.parent": "\(info.peerID)", "df.parents": "\(parents.count)"])
             syncs[info.peerID] = Self.syncPieces(
                 from: info, taskID: taskID, peerID: peerID, events: events, logger: logger)
         }
@@ -443,11 +452,12 @@ final class SessionState {
         }
     }
 
-    private func reportFailed(_ request: PieceDispatcher.Request, permanent: Bool) {
+    private func reportFailed(_ request: PieceDispatcher.Request, permanent: Bool, reason: String = "") {
         var failed = Dragonfly_V1_PieceFailedRequest()
         failed.pieceNumber = UInt32(request.piece)
         failed.parentID = request.parentID
         failed.temporary = !permanent
+        failed.reason = reason
         send(.pieceFailed(failed))
     }
 
@@ -556,6 +566,12 @@ final class SessionState {
         finished.bytesFromOrigin = UInt64(progress.fromOrigin)
         send(.finished(finished))
         run.hub.publish(progress.message())
+        logger.debug(
+            "download finished",
+            metadata: [
+                "df.bytes.peers": "\(progress.fromPeers)", "df.bytes.origin": "\(progress.fromOrigin)",
+                "df.bytes.by_parent": "\(bytesByParent.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })",
+            ])
         return true
     }
 

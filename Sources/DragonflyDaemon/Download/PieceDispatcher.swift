@@ -6,7 +6,8 @@ package import DragonflyCore
 /// pieces, trusted digests, request progress and outcomes) with the current instant and performs what it returns.
 ///
 /// - Up to ``Configuration/maxInFlight`` requests at once, at most ``Configuration/perParentLimit`` per parent.
-/// - Rarest first: the requestable piece held by the fewest current parents, ties to the lowest number.
+/// - Rarest first: the requestable piece held by the fewest current parents, ties to the lowest number at or after
+///   ``Configuration/tieBreakStart`` (wrapping around).
 /// - For that piece, among the parents that hold it, have a free slot and have not failed it, the one with the best
 ///   expected rate: its measured throughput (an EWMA of completed pieces; a parent not yet measured counts as the
 ///   best measured one) divided by its requests in flight plus one. Ties go to an unmeasured parent, then to fewer
@@ -65,6 +66,9 @@ package struct PieceDispatcher: Sendable {
         package var maxParents = PieceDispatcher.maxParentCount
         /// Weight of the newest sample in a parent's throughput EWMA (0 < weight ≤ 1).
         package var throughputSmoothing = 0.3
+        /// Among equally rare pieces, the first one asked for is the lowest at or after this number (wrapping to
+        /// 0). The conductor draws it at random per download so a swarm's peers start in different places.
+        package var tieBreakStart = 0
 
         /// The defaults.
         package init() {}
@@ -85,6 +89,7 @@ package struct PieceDispatcher: Sendable {
             try check((1...8).contains(endgameCopies), "endgameCopies", "in 1...8")
             try check((1...PieceDispatcher.maxParentCount).contains(maxParents), "maxParents", "in 1...64")
             try check(throughputSmoothing > 0 && throughputSmoothing <= 1, "throughputSmoothing", "in (0, 1]")
+            try check((0..<PieceDispatcher.maxPieceCount).contains(tieBreakStart), "tieBreakStart", "in 0..<65536")
         }
     }
 
@@ -364,7 +369,9 @@ package struct PieceDispatcher: Sendable {
         candidates.flush(holders: holders, avoided: avoided)
         while inFlightCount < configuration.maxInFlight {
             let eligible = parentMask & ~fullMask
-            guard eligible != 0, let piece = candidates.first(eligible: eligible, holders: holders, avoided: avoided)
+            guard eligible != 0,
+                let piece = candidates.first(
+                    eligible: eligible, holders: holders, avoided: avoided, start: configuration.tieBreakStart)
             else { break }
             guard let slot = bestParent(among: holders[piece] & ~avoided[piece] & eligible),
                 let request = start(piece: piece, slot: slot, isDuplicate: false, now: now)

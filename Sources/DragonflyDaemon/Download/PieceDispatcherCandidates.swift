@@ -119,26 +119,52 @@ struct PieceDispatcherCandidates: Sendable {
         }
     }
 
-    /// The rarest candidate some parent in `eligible` can serve (lowest availability, then lowest number), or nil.
-    /// Call ``flush(holders:avoided:)`` first.
-    func first(eligible: UInt64, holders: [UInt64], avoided: [UInt64]) -> Int? {
+    /// The rarest candidate some parent in `eligible` can serve, or nil: lowest availability, then the first
+    /// piece at or after `start`, wrapping around to piece 0. Peers that break ties from different starts fetch
+    /// different pieces first, so they soon hold pieces worth trading; with one start for all (say 0) every
+    /// peer of a swarm would fetch the same pieces in the same order. Call ``flush(holders:avoided:)`` first.
+    func first(eligible: UInt64, holders: [UInt64], avoided: [UInt64], start: Int = 0) -> Int? {
         var remaining = nonEmpty
         while remaining != 0 {
             let index = remaining.trailingZeroBitCount
             remaining &= remaining - 1
             let tree = buckets[index].tree
             guard tree[1] & eligible != 0 else { continue }
-            var node = 1
-            while node < leafCount {
-                node = tree[2 * node] & eligible != 0 ? 2 * node : 2 * node + 1
-            }
-            let word = node - leafCount
-            var bits = buckets[index].bits[word]
+            if start > 0, let piece = servable(in: index, from: start, eligible, holders, avoided) { return piece }
+            if let piece = servable(in: index, from: 0, eligible, holders, avoided) { return piece }
+        }
+        return nil
+    }
+
+    /// The lowest piece `>= from` of bucket `index` that a parent in `eligible` can serve.
+    private func servable(
+        in index: Int, from: Int, _ eligible: UInt64, _ holders: [UInt64], _ avoided: [UInt64]
+    ) -> Int? {
+        let bucket = buckets[index]
+        var word = from >> 6
+        while word < leafCount, let leaf = firstLeaf(bucket.tree, from: word, eligible) {
+            var bits = bucket.bits[leaf]
+            if leaf == from >> 6 { bits &= ~0 << UInt64(from & 63) }
             while bits != 0 {
-                let piece = word << 6 | bits.trailingZeroBitCount
+                let piece = leaf << 6 | bits.trailingZeroBitCount
                 if holders[piece] & ~avoided[piece] & eligible != 0 { return piece }
                 bits &= bits - 1
             }
+            word = leaf + 1
+        }
+        return nil
+    }
+
+    /// The first leaf (word) at or after `from` whose subtree's mask shares a bit with `eligible`.
+    private func firstLeaf(_ tree: [UInt64], from: Int, _ eligible: UInt64) -> Int? {
+        // Node `node` covers leaves `low ..< high`; depth first, left before right, pruning empty subtrees.
+        var stack: [(node: Int, low: Int, high: Int)] = [(1, 0, leafCount)]
+        while let (node, low, high) = stack.popLast() {
+            guard high > from, tree[node] & eligible != 0 else { continue }
+            if node >= leafCount { return node - leafCount }
+            let middle = (low + high) / 2
+            stack.append((2 * node + 1, middle, high))
+            stack.append((2 * node, low, middle))
         }
         return nil
     }

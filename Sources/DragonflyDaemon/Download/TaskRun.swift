@@ -168,6 +168,25 @@ struct OriginReader: Sendable {
         started.pieceLength = UInt64(pieceLength)
         started.responseHeader = headers
         report?(.backToSourceStarted(started))
+        // Pieces already held (a resumed task, or a re-registration after the task's scheduler died): the
+        // scheduler trusts this origin reader's digests, and learns those only from this report (DESIGN §4).
+        if let report, let digests = try? store.pieceDigests(taskID: run.taskID) {
+            for (number, digest) in digests.enumerated() {
+                guard let digest,
+                    let span = PieceMath.span(
+                        ofPiece: number, contentLength: metadata.contentLength ?? Int64.max, pieceLength: pieceLength)
+                else { continue }
+                var piece = Dragonfly_V1_Piece()
+                piece.number = UInt32(number)
+                piece.offset = UInt64(span.offset)
+                piece.length = UInt64(span.length)
+                piece.digest = digest
+                piece.source = .local
+                var held = Dragonfly_V1_PieceBackToSourceFinishedRequest()
+                held.piece = piece
+                report(.pieceBackToSourceFinished(held))
+            }
+        }
 
         progress.contentLength = metadata.contentLength
         progress.pieceLength = pieceLength
