@@ -510,6 +510,9 @@ package final class PieceStore: Sendable {
         if shouldFlush {
             do {
                 try await flush(id, force: false)
+            } catch is CancellationError {
+                // The writer was cancelled (an endgame copy lost, a caller left): the next batch persists it.
+                logger.debug("task metadata flush cancelled", metadata: ["df.task.id": "\(id)"])
             } catch {
                 // The piece is stored; only its durability waits for the next batch, which retries.
                 logger.warning(
