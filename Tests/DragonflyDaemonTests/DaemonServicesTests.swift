@@ -1,9 +1,13 @@
 import AsyncHTTPClient
 import DragonflyCore
 import DragonflyDaemon
+import DragonflyProto
+import DragonflyRPC
+import DragonflyStorage
 import DragonflyTelemetry
 import DragonflyTestSupport
 import Foundation
+import GRPCCore
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -25,13 +29,21 @@ import Testing
         return config
     }
 
+    /// A registry with the built-in storage media, as the CLI makes it (no source clients: these tests never
+    /// read an origin).
+    static func registry() throws -> PluginRegistry {
+        let registry = PluginRegistry()
+        try registerBuiltinMedia(into: registry)
+        return registry
+    }
+
     static func withDaemon<T: Sendable>(
         _ dir: TemporaryDirectory,
         _ body: ([String: String]) async throws -> T
     ) async throws -> T {
         let logger = Logger(label: "test")
         let role = try makeDaemonServices(
-            config: config(dir), mode: .normal, registry: PluginRegistry(), telemetry: Telemetry(role: "daemon"),
+            config: config(dir), mode: .normal, registry: registry(), telemetry: Telemetry(role: "daemon"),
             logger: logger
         )
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: role.services, logger: logger))
@@ -80,12 +92,39 @@ import Testing
         }
     }
 
+    @Test(.timeLimit(.minutes(1)))
+    func theLocalServiceIsNotServedOnTheTCPPeerListener() async throws {
+        try await withTemporaryDirectory { dir in
+            try await Self.withDaemon(dir) { listeners in
+                let peer = try #require(listeners["peer"])
+                try await withRPCClient(target: peer, logger: Logger(label: "test")) { client in
+                    // The Peer service answers there ...
+                    _ = try await Dragonfly_V1_Peer.Client(wrapping: client).health(Dragonfly_V1_HealthRequest())
+                    // ... the Local service, which writes files as the daemon's user, does not.
+                    var stat = Dragonfly_V1_StatLocalTaskRequest()
+                    stat.taskID = String(repeating: "ab", count: 32)
+                    do {
+                        _ = try await Dragonfly_V1_Local.Client(wrapping: client).statTask(stat)
+                        Issue.record("the Local service answered on the TCP listener \(peer)")
+                    } catch let error as RPCError {
+                        #expect(error.code == .unimplemented, "\(error)")
+                    }
+                    var delete = Dragonfly_V1_DeleteTaskRequest()
+                    delete.taskID = stat.taskID
+                    await #expect(throws: RPCError.self) {
+                        _ = try await Dragonfly_V1_Local.Client(wrapping: client).deleteTask(delete)
+                    }
+                }
+            }
+        }
+    }
+
     @Test func aSecondDaemonOnTheSameDataDirIsRefused() async throws {
         _ = try await withTemporaryDirectory { dir in
             try await Self.withDaemon(dir) { _ in
                 #expect {
                     _ = try makeDaemonServices(
-                        config: Self.config(dir), mode: .seed, registry: PluginRegistry(),
+                        config: Self.config(dir), mode: .seed, registry: Self.registry(),
                         telemetry: Telemetry(role: "cdn"), logger: Logger(label: "test")
                     )
                 } throws: { error in
