@@ -59,7 +59,7 @@ struct RetryTests {
         #expect(attempts == 1)
     }
 
-    @Test func deadlineBoundsAttemptsBeforeMaxAttempts() async throws {
+    @Test(.timeLimit(.minutes(1))) func deadlineBoundsAttemptsBeforeMaxAttempts() async throws {
         let clock = ContinuousClock()
         let start = clock.now
         var attempts = 0
@@ -74,9 +74,9 @@ struct RetryTests {
                 throw RPCError(code: .unavailable, message: "down")
             }
         }
+        // 10 000 attempts with ≥ 10 ms backoff would take minutes: the deadline, not the attempt limit, ended it.
         #expect(attempts > 1)
         #expect(attempts < 10_000)
-        #expect(start.duration(to: clock.now) < .seconds(5))
     }
 
     @Test func backoffGrowsExponentiallyUpToTheCap() {

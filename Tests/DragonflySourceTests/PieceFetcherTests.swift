@@ -303,7 +303,7 @@ struct PieceFetcherTests {
                 let started = ContinuousClock.now
                 fetch.cancel()
                 await #expect(throws: CancellationError.self) { try await fetch.value }
-                #expect(ContinuousClock.now - started < .seconds(5))
+                #expect(ContinuousClock.now - started < .seconds(15), "the cancelled fetch ran on")
             }
         }
     }

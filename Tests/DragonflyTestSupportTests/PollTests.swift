@@ -17,34 +17,30 @@ import Testing
         #expect(error?.code == .timedOut)
         #expect(error?.message.contains("the moon to turn blue") == true)
         #expect(String(describing: error).contains("the moon to turn blue"))
+        // A lower bound only: an upper one would measure the machine's load (the test's time limit bounds it).
         #expect(elapsed >= .milliseconds(150))
-        #expect(elapsed < .seconds(10))
     }
 
     @Test(.timeLimit(.minutes(1)))
     func returnsAsSoonAsTheConditionHolds() async throws {
+        // A poll that waited for its own limit (an hour) would exceed the test's minute.
         var checks = 0
-        let clock = ContinuousClock()
-        let start = clock.now
-        try await poll(every: .milliseconds(10), timeLimit: .seconds(50), description: "third check") {
+        try await poll(every: .milliseconds(10), timeLimit: .seconds(3600), description: "third check") {
             checks += 1
             return checks == 3
         }
         #expect(checks == 3)
-        #expect(clock.now - start < .seconds(10))
     }
 
     @Test(.timeLimit(.minutes(1)))
     func checksImmediatelyBeforeWaiting() async throws {
+        // A poll that slept one interval (an hour) first would exceed the test's minute.
         var checks = 0
-        let clock = ContinuousClock()
-        let start = clock.now
-        try await poll(every: .seconds(30), timeLimit: .seconds(50), description: "first check") {
+        try await poll(every: .seconds(3600), timeLimit: .seconds(7200), description: "first check") {
             checks += 1
             return true
         }
         #expect(checks == 1)
-        #expect(clock.now - start < .seconds(10))
     }
 
     @Test(.timeLimit(.minutes(1)))
