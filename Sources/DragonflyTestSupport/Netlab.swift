@@ -332,7 +332,8 @@ private func netlabNginxConfiguration(_ origin: NginxOrigin, pidFile: String) ->
     events { worker_connections 1024; }
     http {
         log_format dragonfly escape=json '{"method":"$request_method","uri":"$request_uri",'
-            '"status":$status,"bytes":$body_bytes_sent,"range":"$http_range"}';
+            '"status":$status,"bytes":$body_bytes_sent,"range":"$http_range","msec":$msec,'
+            '"time":$request_time}';
         access_log \(origin.accessLogPath) dragonfly;
         client_body_temp_path \(origin.prefix)/tmp/body;
         proxy_temp_path \(origin.prefix)/tmp/proxy;

@@ -16,11 +16,20 @@ package struct AccessLogEntry: Sendable, Hashable, Decodable {
     package var bytesSent: Int
     /// The request's `Range` header, or `nil` if it had none.
     package var range: String?
+    /// When the response was done, seconds since the epoch with millisecond resolution (`$msec`).
+    package var finishedAt: Double
+    /// How long the request took, in seconds with millisecond resolution (`$request_time`).
+    package var duration: Double
+
+    /// When nginx read the request's first bytes.
+    package var startedAt: Double { finishedAt - duration }
 
     private enum CodingKeys: String, CodingKey {
         case method, uri, status
         case bytesSent = "bytes"
         case range
+        case finishedAt = "msec"
+        case duration = "time"
     }
 
     package init(from decoder: any Decoder) throws {
@@ -31,6 +40,8 @@ package struct AccessLogEntry: Sendable, Hashable, Decodable {
         bytesSent = try container.decode(Int.self, forKey: .bytesSent)
         let range = try container.decode(String.self, forKey: .range)
         self.range = range.isEmpty ? nil : range
+        finishedAt = try container.decode(Double.self, forKey: .finishedAt)
+        duration = try container.decode(Double.self, forKey: .duration)
     }
 }
 
@@ -280,7 +291,8 @@ private func nginxConfiguration(origin: NginxOrigin, pidFile: String, limitRate:
         http {
             # One JSON object per request. No `buffer=`/`flush=`, so every entry is written when its request ends.
             log_format dragonfly escape=json '{"method":"$request_method","uri":"$request_uri",'
-                '"status":$status,"bytes":$body_bytes_sent,"range":"$http_range"}';
+                '"status":$status,"bytes":$body_bytes_sent,"range":"$http_range","msec":$msec,'
+                '"time":$request_time}';
             access_log \(origin.accessLogPath) dragonfly;
             client_body_temp_path \(origin.prefix)/tmp/body;
             proxy_temp_path \(origin.prefix)/tmp/proxy;

@@ -77,6 +77,36 @@ struct GetNoDaemonTests {
         }
     }
 
+    @Test func rangeRequestsToTheOriginRunConcurrently() async throws {
+        // 32 MiB at 8 MiB/s per request: each 4 MiB piece takes half a second, so requests that ran one after
+        // another could not overlap, and more than --origin-connections could not be open at once.
+        let content = Self.bytes(32 << 20)
+        try await withNginxOrigin { origin in
+            try origin.writeFile("slow.bin", contents: content)
+            try await withTemporaryDirectory { dir in
+                let out = dir.appending("slow.bin")
+                let result = try await runDragonfly([
+                    "get", origin.rateLimitedURL(for: "slow.bin", bytesPerSecond: 8 << 20), "-O", out, "--no-daemon",
+                    "--data-dir", dir.appending("data"), "--origin-connections", "3",
+                ])
+                #expect(result.exitCode == 0, "\(result.stderr)")
+                #expect(Self.read(out) == content)
+                let requests = try origin.accessLog().filter { $0.method == "GET" && $0.range != nil }
+                #expect(requests.count == 8)
+                // The most requests open at one instant, from nginx's start and end times.
+                let edges = requests.flatMap { [($0.startedAt, 1), ($0.finishedAt, -1)] }
+                    .sorted { ($0.0, $0.1) < ($1.0, $1.1) }
+                var open = 0
+                var mostOpen = 0
+                for (_, change) in edges {
+                    open += change
+                    mostOpen = max(mostOpen, open)
+                }
+                #expect(mostOpen >= 2 && mostOpen <= 3, "at most \(mostOpen) range requests were open at once")
+            }
+        }
+    }
+
     @Test func wrongDigestLeavesTheDestinationUnchanged() async throws {
         let content = Self.bytes(5 << 20 + 7)
         try await withNginxOrigin { origin in
@@ -201,6 +231,7 @@ struct GetNoDaemonTests {
                 ] {
                     let result = try await runDragonfly(["get", url, "-O", dir.appending("x")] + bad)
                     #expect(result.exitCode == 2, "\(bad): \(result.stderr)")
+                    #expect(result.stderr.contains(bad[0]), "the message does not name \(bad[0]): \(result.stderr)")
                 }
                 let scheme = try await runDragonfly(["get", "gopher://x/y", "-O", dir.appending("x"), "--no-daemon"])
                 #expect(scheme.exitCode == 2, "\(scheme.stderr)")
