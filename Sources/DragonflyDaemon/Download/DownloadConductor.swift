@@ -72,17 +72,20 @@ package final class DownloadConductor: TaskDownloading {
         logger[metadataKey: "df.task.id"] = "\(request.taskID)"
         // A run that ends with pieces still missing (another caller's range, a cancelled run) is followed by
         // another; bounded so a task that never completes cannot loop.
+        // The newest report of a run this caller followed: the final report carries its per-source byte counts.
+        var latest: Dragonfly_V1_DownloadProgress?
         for _ in 0..<3 {
-            if let done = try await exportIfHeld(request, progress: progress) { return done }
+            if let done = try await exportIfHeld(request, after: latest, progress: progress) { return done }
             let handle = try joinOrStart(request)
             // The subscription ends when the run ends or when this caller is cancelled (which only ends its wait).
             let subscription = handle.hub.subscribe()
             defer { handle.hub.unsubscribe(subscription) }
             for await update in subscription {
+                latest = update
                 await progress(update)
                 // A range caller is done once its pieces are held; the run goes on for the rest of the task.
                 if request.range != nil, update.hasPiece,
-                    let done = try await exportIfHeld(request, progress: progress)
+                    let done = try await exportIfHeld(request, after: latest, progress: progress)
                 {
                     return done
                 }
@@ -94,14 +97,17 @@ package final class DownloadConductor: TaskDownloading {
                 throw DragonflyError(converting: error)
             }
         }
-        if let done = try await exportIfHeld(request, progress: progress) { return done }
+        if let done = try await exportIfHeld(request, after: latest, progress: progress) { return done }
         throw DragonflyError(
             code: .unavailable, message: "the download of \(request.url) ended with pieces still missing")
     }
 
-    /// Exports (or just reports) the task when every piece the caller needs is held; nil otherwise.
+    /// Exports (or just reports) the task when every piece the caller needs is held; nil otherwise. The final
+    /// report takes its bytes from peers, origin and cache from `latest`, the run's last report; without one
+    /// every byte came from the cache.
     private func exportIfHeld(
         _ request: TaskRequest,
+        after latest: Dragonfly_V1_DownloadProgress?,
         progress: @Sendable (Dragonfly_V1_DownloadProgress) async -> Void
     ) async throws -> Dragonfly_V1_DownloadProgress? {
         let store = context.store
@@ -130,6 +136,13 @@ package final class DownloadConductor: TaskDownloading {
         done.pieceLength = UInt64(info.pieceLength)
         if let count = info.pieceCount { done.pieceCount = UInt32(count) }
         done.bytesDownloaded = UInt64(written)
+        if let latest {
+            done.bytesFromPeers = latest.bytesFromPeers
+            done.bytesFromOrigin = latest.bytesFromOrigin
+            done.bytesFromLocal = latest.bytesFromLocal
+        } else {
+            done.bytesFromLocal = UInt64(written)
+        }
         done.responseHeader = info.headers
         done.done = true
         await progress(done)
