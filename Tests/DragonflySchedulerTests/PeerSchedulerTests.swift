@@ -121,6 +121,47 @@ struct PeerSchedulerTests {
         #expect(scheduler.drainDigestBatches().isEmpty)
     }
 
+    @Test("with firstDigestRecipients a fresh digest goes to one downloading peer, the rest once it is held")
+    func stagedDigests() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        scheduler.firstDigestRecipients = 1
+        scheduler.digestReleaseAfter = .seconds(2)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 0, complete: false)
+        for (peer, host) in [("a", "h2"), ("b", "h3"), ("c", "h4")] {
+            _ = try scheduler.register(Fixture.registration(peer, host: host), now: Fixture.start)
+            _ = scheduler.handle(.started, from: Fixture.key(peer), now: Fixture.start)
+        }
+        for number in 0..<3 as Range<UInt32> {
+            _ = scheduler.handle(
+                .pieceBackToSourceFinished(
+                    number: number, length: 4 * Self.mib, cost: .milliseconds(5), digest: Self.digest(number)),
+                from: Fixture.key("reader"), now: Fixture.start)
+        }
+        func digests(_ actions: [SchedulerAction]) -> [String: [UInt32]] {
+            var result: [String: [UInt32]] = [:]
+            for case .send(let key, .pieceDigests(let batch)) in actions {
+                result[key.peerID, default: []] += batch.pieceDigests.keys.sorted()
+            }
+            return result
+        }
+        // Piece p goes first to the (p mod 3)-th downloading peer only.
+        #expect(digests(scheduler.drainDigestBatches(now: Fixture.start)) == ["a": [0], "b": [1], "c": [2]])
+        #expect(scheduler.drainDigestBatches(now: Fixture.start + .milliseconds(100)).isEmpty)
+        // a holds piece 0 now: b and c get its digest (a is a second source); 1 and 2 wait.
+        _ = scheduler.handle(
+            .pieceFinished(
+                number: 0, parentID: "reader", length: 4 * Self.mib, cost: .milliseconds(5), digest: Self.digest(0)),
+            from: Fixture.key("a"), now: Fixture.start + .milliseconds(200))
+        #expect(digests(scheduler.drainDigestBatches(now: Fixture.start + .milliseconds(300))) == ["b": [0], "c": [0]])
+        // Nobody fetched 1 and 2 in time: everyone else gets them.
+        #expect(
+            digests(scheduler.drainDigestBatches(now: Fixture.start + .milliseconds(2500))) == [
+                "a": [1, 2], "b": [2], "c": [1],
+            ])
+        #expect(scheduler.drainDigestBatches(now: Fixture.at(3)).isEmpty)
+        #expect(scheduler.tasksWithPendingDigests.isEmpty)
+    }
+
     @Test("digests from a non-reader are not trusted; the first trusted digest wins")
     func untrustedDigests() throws {
         var scheduler = try Fixture.scheduler(hosts: Self.hosts)

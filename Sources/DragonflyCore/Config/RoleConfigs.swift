@@ -166,6 +166,13 @@ package struct SchedulerConfig: RoleConfiguration {
         /// is the bottleneck. Harmless either way: a peer asks only for pieces it lacks, verified against
         /// trusted digests, so no piece can circulate.
         package var acyclic: Bool = false
+        /// A piece's trusted digest goes first to this many of the task's downloading peers (a different few
+        /// for every piece), and to the rest once one of them holds the piece or after `digestReleaseAfter`; so
+        /// the origin reader serves each fresh piece a few times instead of to every child at once. 0: to every
+        /// downloading peer at once.
+        package var firstDigestRecipients: Int = 1
+        /// The longest a piece's digest is held back from the other downloading peers.
+        package var digestReleaseAfter: ConfigDuration = .seconds(2)
         package init() {}
     }
 
@@ -212,6 +219,10 @@ package struct SchedulerConfig: RoleConfiguration {
         try v.require(
             (1...1000).contains(scheduling.candidateSampleLimit), "scheduling.candidateSampleLimit", "must be 1-1000")
         try v.require((1...64).contains(scheduling.parentLimit), "scheduling.parentLimit", "must be 1-64")
+        try v.require(
+            (0...64).contains(scheduling.firstDigestRecipients), "scheduling.firstDigestRecipients", "must be 0-64")
+        try v.require(
+            scheduling.digestReleaseAfter.milliseconds > 0, "scheduling.digestReleaseAfter", "must be positive")
         try v.require(scheduling.backToSourceBase >= 1, "scheduling.backToSourceBase", "must be at least 1")
         try v.require(
             scheduling.backToSourcePeersPerExtra >= 1, "scheduling.backToSourcePeersPerExtra", "must be at least 1")

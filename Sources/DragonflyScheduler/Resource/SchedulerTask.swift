@@ -38,6 +38,8 @@ package struct SchedulerTask: Sendable {
     package var trustedDigests: [UInt32: String]
     /// Trusted digests learnt since the last `PieceDigests` push.
     package var pendingDigestBatch: [UInt32: String]
+    /// Digests pushed to a few downloading peers only, waiting to go to the rest (`scheduling.firstDigestRecipients`).
+    package var stagedDigests: [UInt32: StagedDigest]
     /// The peers of the task by peer ID.
     package var peers: [String: SchedulerPeer]
     /// Parent → child edges between the peers.
@@ -67,6 +69,7 @@ package struct SchedulerTask: Sendable {
         self.stateMachine = TaskStateMachine()
         self.trustedDigests = [:]
         self.pendingDigestBatch = [:]
+        self.stagedDigests = [:]
         self.peers = [:]
         self.dag = PeerDAG()
         self.backToSourcePeers = []
@@ -114,5 +117,20 @@ package struct SchedulerTask: Sendable {
     package var downloadingPeerIDs: [String] {
         peers.values.filter { !$0.stateMachine.isFinished && !backToSourcePeers.contains($0.id) }
             .map(\.id).sorted()
+    }
+}
+
+/// A trusted digest pushed to a few of the task's downloading peers first.
+package struct StagedDigest: Sendable, Hashable {
+    package var digest: String
+    /// When it went to the first recipients.
+    package var since: ContinuousClock.Instant
+    /// Peers that have it already.
+    package var sentTo: Set<String>
+
+    package init(digest: String, since: ContinuousClock.Instant, sentTo: Set<String>) {
+        self.digest = digest
+        self.since = since
+        self.sentTo = sentTo
     }
 }

@@ -9,15 +9,22 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
     package var registry: ResourceRegistry
     package var selector: ParentSelector
     package var rationer: BackToSourceRationer
+    /// `scheduling.firstDigestRecipients`: 0 pushes every digest to every downloading peer at once.
+    package var firstDigestRecipients: Int
+    /// `scheduling.digestReleaseAfter`.
+    package var digestReleaseAfter: Duration
     private var random: Random
 
     package init(
-        registry: ResourceRegistry, selector: ParentSelector, rationer: BackToSourceRationer, random: Random
+        registry: ResourceRegistry, selector: ParentSelector, rationer: BackToSourceRationer, random: Random,
+        firstDigestRecipients: Int = 0, digestReleaseAfter: Duration = .seconds(2)
     ) {
         self.registry = registry
         self.selector = selector
         self.rationer = rationer
         self.random = random
+        self.firstDigestRecipients = max(firstDigestRecipients, 0)
+        self.digestReleaseAfter = digestReleaseAfter
     }
 
     /// A scheduler core configured from `scheduling.*` and `gc.*`.
@@ -26,7 +33,9 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             registry: ResourceRegistry(limits: ResourceLimits(gc: config.gc)),
             selector: ParentSelector(strategy: strategy, config: config.scheduling),
             rationer: BackToSourceRationer(config: config.scheduling),
-            random: random)
+            random: random,
+            firstDigestRecipients: config.scheduling.firstDigestRecipients,
+            digestReleaseAfter: config.scheduling.digestReleaseAfter.duration)
     }
 
     // MARK: Hosts
@@ -451,35 +460,85 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
 
     // MARK: Digests
 
-    /// Task IDs with trusted digests not pushed yet.
+    /// Task IDs with trusted digests not pushed yet, or pushed to their first recipients only.
     package var tasksWithPendingDigests: [String] {
-        registry.tasks.values.filter { !$0.pendingDigestBatch.isEmpty }.map(\.id).sorted()
+        registry.tasks.values.filter { !$0.pendingDigestBatch.isEmpty || !$0.stagedDigests.isEmpty }.map(\.id).sorted()
     }
 
-    /// Takes the task's pending digests and names the peers they go to; `nil` when nothing is pending.
+    /// Takes the task's pending digests and names the peers they go to — every downloading peer, staging
+    /// aside; `nil` when nothing is pending.
     package mutating func drainDigestBatch(taskID: String) -> DigestPush? {
         guard let task = registry.task(taskID), !task.pendingDigestBatch.isEmpty else { return nil }
         registry.modifyTask(taskID) { $0.pendingDigestBatch = [:] }
-        let recipients = task.downloadingPeerIDs
-            .filter { id in !task.waitingPeers.contains(id) && task.peers[id]?.state != .pending }
-            .map { PeerKey(taskID: taskID, peerID: $0) }
         let batch = DigestBatch(
             taskID: taskID, pieceDigests: task.pendingDigestBatch, contentLength: task.contentLength,
             pieceCount: task.pieceCount)
-        return DigestPush(batch: batch, recipients: recipients)
+        return DigestPush(batch: batch, recipients: Self.digestRecipients(of: task))
+    }
+
+    /// The peers that get `PieceDigests`: downloading from parents, answered, not waiting.
+    private static func digestRecipients(of task: SchedulerTask) -> [PeerKey] {
+        task.downloadingPeerIDs
+            .filter { id in !task.waitingPeers.contains(id) && task.peers[id]?.state != .pending }
+            .map { PeerKey(taskID: task.id, peerID: $0) }
     }
 
     /// Drains every task's pending digests as `PieceDigests` sends (the service calls this every ≤ 100 ms).
-    package mutating func drainDigestBatches() -> [SchedulerAction] {
+    ///
+    /// With ``firstDigestRecipients`` > 0 and more downloading peers than that, a fresh digest goes to that many
+    /// of them first — a different few for each piece, so each fetches different pieces from the origin reader —
+    /// and to the rest once a peer other than an origin reader holds the piece (it is then a second source) or
+    /// after ``digestReleaseAfter``. Otherwise every downloading peer gets every digest at once.
+    package mutating func drainDigestBatches(now: ContinuousClock.Instant = .now) -> [SchedulerAction] {
         var actions: [SchedulerAction] = []
         for taskID in tasksWithPendingDigests {
-            guard let push = drainDigestBatch(taskID: taskID) else { continue }
-            actions += push.recipients.map { .send($0, .pieceDigests(push.batch)) }
+            guard let task = registry.task(taskID) else { continue }
+            let recipients = Self.digestRecipients(of: task).map(\.peerID)
+            guard !recipients.isEmpty else {
+                // Nobody to tell yet: later peers get every trusted digest with their parents.
+                registry.modifyTask(taskID) { task in
+                    task.pendingDigestBatch = [:]
+                    task.stagedDigests = [:]
+                }
+                continue
+            }
+            var perRecipient: [String: [UInt32: String]] = [:]
+            var staged = task.stagedDigests
+            let first = firstDigestRecipients
+            for (number, digest) in task.pendingDigestBatch {
+                guard first > 0, recipients.count > first else {
+                    for peer in recipients { perRecipient[peer, default: [:]][number] = digest }
+                    continue
+                }
+                let start = Int(number % UInt32(recipients.count))
+                let chosen = (0..<first).map { recipients[(start + $0) % recipients.count] }
+                for peer in chosen { perRecipient[peer, default: [:]][number] = digest }
+                staged[number] = StagedDigest(digest: digest, since: now, sentTo: Set(chosen))
+            }
+            for (number, entry) in staged {
+                let isHeld = task.peers.values.contains { peer in
+                    !task.backToSourcePeers.contains(peer.id) && peer.finishedPieces.contains(number)
+                }
+                guard isHeld || now - entry.since >= digestReleaseAfter else { continue }
+                for peer in recipients where !entry.sentTo.contains(peer) {
+                    perRecipient[peer, default: [:]][number] = entry.digest
+                }
+                staged[number] = nil
+            }
+            registry.modifyTask(taskID) { task in
+                task.pendingDigestBatch = [:]
+                task.stagedDigests = staged
+            }
+            for peer in recipients {
+                guard let digests = perRecipient[peer] else { continue }
+                let batch = DigestBatch(
+                    taskID: taskID, pieceDigests: digests, contentLength: task.contentLength,
+                    pieceCount: task.pieceCount)
+                actions.append(.send(PeerKey(taskID: taskID, peerID: peer), .pieceDigests(batch)))
+            }
         }
         return actions
     }
-
-    // MARK: Garbage collection
 
     /// Runs the registry's GC and schedules the peers that lost their parents.
     package mutating func collectGarbage(now: ContinuousClock.Instant) -> RemovalOutcome {
