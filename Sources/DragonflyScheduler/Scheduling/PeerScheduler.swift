@@ -465,22 +465,9 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         registry.tasks.values.filter { !$0.pendingDigestBatch.isEmpty || !$0.stagedDigests.isEmpty }.map(\.id).sorted()
     }
 
-    /// Takes the task's pending digests and names the peers they go to — every downloading peer, staging
-    /// aside; `nil` when nothing is pending.
-    package mutating func drainDigestBatch(taskID: String) -> DigestPush? {
-        guard let task = registry.task(taskID), !task.pendingDigestBatch.isEmpty else { return nil }
-        registry.modifyTask(taskID) { $0.pendingDigestBatch = [:] }
-        let batch = DigestBatch(
-            taskID: taskID, pieceDigests: task.pendingDigestBatch, contentLength: task.contentLength,
-            pieceCount: task.pieceCount)
-        return DigestPush(batch: batch, recipients: Self.digestRecipients(of: task))
-    }
-
-    /// The peers that get `PieceDigests`: downloading from parents, answered, not waiting.
-    private static func digestRecipients(of task: SchedulerTask) -> [PeerKey] {
-        task.downloadingPeerIDs
-            .filter { id in !task.waitingPeers.contains(id) && task.peers[id]?.state != .pending }
-            .map { PeerKey(taskID: task.id, peerID: $0) }
+    /// The peers that get `PieceDigests`, sorted: downloading from parents, answered, not waiting.
+    private static func digestRecipients(of task: SchedulerTask) -> [String] {
+        task.downloadingPeerIDs.filter { id in !task.waitingPeers.contains(id) && task.peers[id]?.state != .pending }
     }
 
     /// Drains every task's pending digests as `PieceDigests` sends (the service calls this every ≤ 100 ms).
@@ -493,7 +480,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         var actions: [SchedulerAction] = []
         for taskID in tasksWithPendingDigests {
             guard let task = registry.task(taskID) else { continue }
-            let recipients = Self.digestRecipients(of: task).map(\.peerID)
+            let recipients = Self.digestRecipients(of: task)
             guard !recipients.isEmpty else {
                 // Nobody to tell yet: later peers get every trusted digest with their parents.
                 registry.modifyTask(taskID) { task in
@@ -539,6 +526,8 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         }
         return actions
     }
+
+    // MARK: Garbage collection
 
     /// Runs the registry's GC and schedules the peers that lost their parents.
     package mutating func collectGarbage(now: ContinuousClock.Instant) -> RemovalOutcome {

@@ -95,13 +95,6 @@ package struct DigestBatch: Sendable, Hashable {
     }
 }
 
-/// A digest batch and the peers it goes to.
-package struct DigestPush: Sendable, Hashable {
-    package var batch: DigestBatch
-    /// Peers of the task still downloading from parents, sorted.
-    package var recipients: [PeerKey]
-}
-
 /// How a registration is answered.
 package enum RegisterDecision: Sendable, Hashable {
     /// Zero bytes: write an empty output.
