@@ -235,58 +235,61 @@ struct P2PTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(4)))
-    func killingTheSeedMidTransferStillFinishesEveryDownload() async throws {
-        let size = 48 << 20
-        let blob = try Self.randomBytes(size)
-        let digest = SHA256.hash(data: blob)
+    /// A 48 MiB random file on an origin that sends 1 MiB/s per connection (the seed needs about 12 s for it), a
+    /// cluster of `schedulers`, one seed and three daemons, and `get` started on every daemon; `crash` runs while
+    /// they download, every download must then finish with the right bytes, and `check` runs last.
+    static func withSlowTransfer(
+        schedulers: Int,
+        during crash: (P2PCluster) async throws -> Void,
+        afterwards check: (P2PCluster) async throws -> Void = { _ in }
+    ) async throws {
+        let blob = try Self.randomBytes(48 << 20)
         try await withNginxOrigin { origin in
             try origin.writeFile("slow.bin", contents: blob)
             let url = origin.rateLimitedURL(for: "slow.bin", bytesPerSecond: 1 << 20)
-            try await withP2PCluster(schedulers: 1, seeds: 1, daemons: 3) { cluster in
-                async let results = cluster.getConcurrently(url: url, on: cluster.daemons, timeLimit: .seconds(180))
-                let seed = cluster.seeds[0]
-                try await poll(every: .milliseconds(100), timeLimit: .seconds(60), description: "seed serving") {
-                    try await cluster.uploadBytes(of: seed) > 0
-                }
-                try await cluster.kill(seed)
-                Self.expectCorrect(try await results, digest: digest, cluster: cluster)
+            try await withP2PCluster(schedulers: schedulers, seeds: 1, daemons: 3) { cluster in
+                async let downloads = cluster.getConcurrently(url: url, on: cluster.daemons, timeLimit: .seconds(180))
+                try await crash(cluster)
+                Self.expectCorrect(try await downloads, digest: SHA256.hash(data: blob), cluster: cluster)
+                try await check(cluster)
             }
         }
     }
 
     @Test(.timeLimit(.minutes(4)))
-    func killingTheTasksSchedulerMovesItToTheOtherOne() async throws {
-        let size = 48 << 20
-        let blob = try Self.randomBytes(size)
-        let digest = SHA256.hash(data: blob)
-        try await withNginxOrigin { origin in
-            try origin.writeFile("slow.bin", contents: blob)
-            let url = origin.rateLimitedURL(for: "slow.bin", bytesPerSecond: 1 << 20)
-            try await withP2PCluster(schedulers: 2, seeds: 1, daemons: 3) { cluster in
-                async let results = cluster.getConcurrently(url: url, on: cluster.daemons, timeLimit: .seconds(180))
-                // The scheduler that owns the task on the hash ring is the one peers registered with.
-                func registrations(_ node: ClusterNode) async throws -> Double {
-                    try await cluster.metrics(of: node).samples(named: "dragonfly_scheduler_peer_registrations_total")
-                        .reduce(0) { $0 + $1.value }
-                }
-                var owner: ClusterNode?
-                try await poll(every: .milliseconds(100), timeLimit: .seconds(60), description: "registrations") {
-                    for scheduler in cluster.schedulers where try await registrations(scheduler) > 0 {
-                        owner = scheduler
-                        return true
-                    }
-                    return false
-                }
-                let victim = try #require(owner)
-                try await poll(every: .milliseconds(100), timeLimit: .seconds(60), description: "piece transfer") {
-                    try await cluster.uploadBytes(of: cluster.seeds[0]) > 0
-                }
-                try await cluster.kill(victim)
-                Self.expectCorrect(try await results, digest: digest, cluster: cluster)
-                let survivor = try #require(cluster.schedulers.first { $0.name != victim.name })
-                #expect(try await registrations(survivor) > 0, "no peer moved to \(survivor)")
+    func killingTheSeedMidTransferStillFinishesEveryDownload() async throws {
+        try await Self.withSlowTransfer(schedulers: 1) { cluster in
+            let seed = cluster.seeds[0]
+            try await poll(every: .milliseconds(100), timeLimit: .seconds(60), description: "seed serving") {
+                try await cluster.uploadBytes(of: seed) > 0
             }
+            try await cluster.kill(seed)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(4)))
+    func killingTheTasksSchedulerMovesItToTheOtherOne() async throws {
+        // The scheduler that owns the task on the hash ring is the one peers registered with.
+        func registrations(_ node: ClusterNode, in cluster: P2PCluster) async throws -> Double {
+            try await cluster.metrics(of: node).samples(named: "dragonfly_scheduler_peer_registrations_total")
+                .reduce(0) { $0 + $1.value }
+        }
+        var victim: ClusterNode?
+        try await Self.withSlowTransfer(schedulers: 2) { cluster in
+            try await poll(every: .milliseconds(100), timeLimit: .seconds(60), description: "registrations") {
+                for scheduler in cluster.schedulers where try await registrations(scheduler, in: cluster) > 0 {
+                    victim = scheduler
+                    return true
+                }
+                return false
+            }
+            try await poll(every: .milliseconds(100), timeLimit: .seconds(60), description: "piece transfer") {
+                try await cluster.uploadBytes(of: cluster.seeds[0]) > 0
+            }
+            try await cluster.kill(try #require(victim))
+        } afterwards: { cluster in
+            let survivor = try #require(cluster.schedulers.first { $0.name != victim?.name })
+            #expect(try await registrations(survivor, in: cluster) > 0, "no peer moved to \(survivor)")
         }
     }
 

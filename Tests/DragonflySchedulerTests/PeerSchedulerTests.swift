@@ -285,6 +285,25 @@ struct PeerSchedulerTests {
         #expect(scheduler.handle(piece(2), from: Fixture.key("a"), now: Fixture.start).isEmpty)
     }
 
+    @Test("a peer that re-registers holding pieces is offered to the task's downloading peers at once")
+    func reRegistrationWithPiecesOffersTheHolder() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        // After a failover: a first peer holds piece 0 and nobody else has parents but it.
+        _ = try scheduler.register(Fixture.registration("a", host: "h2", pieces: [0]), now: Fixture.start)
+        _ = scheduler.handle(.started, from: Fixture.key("a"), now: Fixture.start)
+        let b = try scheduler.register(Fixture.registration("b", host: "h3"), now: Fixture.start)
+        #expect(b.decision.parents.contains("a"))
+        _ = scheduler.handle(.started, from: Fixture.key("b"), now: Fixture.start)
+        // The old origin reader comes back with four pieces: b hears of it now, not at its next first piece.
+        let reader = try scheduler.register(
+            Fixture.registration("reader", host: "h1", pieces: [0, 1, 2, 3]), now: Fixture.start)
+        let offers = reader.actions.compactMap { action -> [String]? in
+            guard case .send(Fixture.key("b"), .normalTask(let plan)) = action else { return nil }
+            return plan.parents.map(\.peerID)
+        }
+        #expect(offers.last.map(Set.init) == ["a", "reader"], "\(reader.actions)")
+    }
+
     @Test("a parent reported corrupted is handed out to no child of the task again")
     func corruptedParent() throws {
         var scheduler = try Fixture.scheduler(hosts: Self.hosts)

@@ -170,18 +170,10 @@ struct OriginReader: Sendable {
         report?(.backToSourceStarted(started))
         // Pieces already held (a resumed task, or a re-registration after the task's scheduler died): the
         // scheduler trusts this origin reader's digests, and learns those only from this report (DESIGN §4).
-        if let report, let digests = try? store.pieceDigests(taskID: run.taskID) {
-            for (number, digest) in digests.enumerated() {
-                guard let digest,
-                    let span = PieceMath.span(
-                        ofPiece: number, contentLength: metadata.contentLength ?? Int64.max, pieceLength: pieceLength)
-                else { continue }
-                var piece = Dragonfly_V1_Piece()
-                piece.number = UInt32(number)
-                piece.offset = UInt64(span.offset)
-                piece.length = UInt64(span.length)
-                piece.digest = digest
-                piece.source = .local
+        if let report, let info = store.taskInfo(taskID: run.taskID),
+            let digests = try? store.pieceDigests(taskID: run.taskID)
+        {
+            for piece in Dragonfly_V1_TaskInfo(stored: info, digests: digests).pieces {
                 var held = Dragonfly_V1_PieceBackToSourceFinishedRequest()
                 held.piece = piece
                 report(.pieceBackToSourceFinished(held))

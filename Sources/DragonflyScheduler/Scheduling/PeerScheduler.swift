@@ -102,9 +102,11 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         if let response = Self.response(for: decision) {
             actions.insert(.send(key, response), at: 0)
         }
-        // A peer that holds pieces already can serve peers left waiting.
+        // A peer that holds pieces already (a re-registration after a failover) can serve peers left waiting and
+        // is offered to those that have parents already: its first piece came before this scheduler knew it.
         if registration.finishedPieces.isEmpty == false {
             actions += scheduleWaitingPeers(taskID: key.taskID, now: now)
+            actions += offerAsParent(key)
         }
         return RegisterOutcome(decision: decision, actions: actions)
     }
