@@ -170,7 +170,7 @@ package struct SchedulerConfig: RoleConfiguration {
         /// for every piece), and to the rest once one of them holds the piece or after `digestReleaseAfter`; so
         /// the origin reader serves each fresh piece a few times instead of to every child at once. 0: to every
         /// downloading peer at once.
-        package var firstDigestRecipients: Int = 1
+        package var firstDigestRecipients: Int = 2
         /// The longest a piece's digest is held back from the other downloading peers.
         package var digestReleaseAfter: ConfigDuration = .seconds(2)
         package init() {}
