@@ -304,6 +304,21 @@ struct PeerSchedulerTests {
         #expect(offers.last.map(Set.init) == ["a", "reader"], "\(reader.actions)")
     }
 
+    @Test("an origin reader is never offered parents, and its Started is ignored rather than rejected")
+    func originReadersKeepReading() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        // Registered and sent to the origin, but BackToSourceStarted not seen yet (still receivedNormal).
+        let reader = try scheduler.register(Fixture.registration("reader", host: "h1"), now: Fixture.start)
+        guard case .needBackToSource = reader.decision else {
+            Issue.record("expected back-to-source, got \(reader.decision)")
+            return
+        }
+        let holder = try scheduler.register(Fixture.registration("a", host: "h2", pieces: [0]), now: Fixture.start)
+        #expect(!holder.actions.contains { if case .send(Fixture.key("reader"), _) = $0 { true } else { false } })
+        #expect(scheduler.handle(.started, from: Fixture.key("reader"), now: Fixture.start).isEmpty)
+        #expect(scheduler.registry.task(Fixture.taskID)?.backToSourcePeers == ["reader"])
+    }
+
     @Test("a parent reported corrupted is handed out to no child of the task again")
     func corruptedParent() throws {
         var scheduler = try Fixture.scheduler(hosts: Self.hosts)

@@ -300,7 +300,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         let hosts = registry.hosts
         let children = task.peers.values.filter { child in
             guard child.id != key.peerID, child.parents.count < selector.parentLimit,
-                !child.parents.contains(key.peerID)
+                !child.parents.contains(key.peerID), !task.backToSourcePeers.contains(child.id)
             else { return false }
             return child.state == .receivedNormal || child.state == .running
         }.sorted { ($0.parents.count, $0.id) < ($1.parents.count, $1.id) }
@@ -344,6 +344,11 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         }
         switch event {
         case .started:
+            // An origin reader that also heard of parents keeps reading; its stream stays open.
+            if task.backToSourcePeers.contains(key.peerID), peer.state == .backToSource || peer.state == .receivedNormal
+            {
+                return []
+            }
             if let rejection = applyPeerEvent(.download, to: key, now: now) { return [rejection] }
             applyTaskEvent(.download, to: key.taskID)
             return []
