@@ -35,6 +35,17 @@ struct PeerSchedulerTests {
         }
     }
 
+    /// `reader` read a 10-piece task, `mid` (h2) holds pieces 0–1 and downloads, `child` (h3) got both as parents.
+    static func childOfReaderAndMid() throws -> PeerScheduler<SeededRandomNumberGenerator> {
+        var scheduler = try Fixture.scheduler(hosts: hosts)
+        try readOrigin(&scheduler, length: 40 * mib, pieces: 10)
+        _ = try scheduler.register(Fixture.registration("mid", host: "h2", pieces: [0, 1]), now: Fixture.start)
+        _ = scheduler.handle(.started, from: Fixture.key("mid"), now: Fixture.start)
+        let child = try scheduler.register(Fixture.registration("child", host: "h3"), now: Fixture.start)
+        #expect(Set(child.decision.parents) == ["reader", "mid"])
+        return scheduler
+    }
+
     @Test("an empty complete task is answered with EmptyTask")
     func emptyTask() throws {
         var scheduler = try Fixture.scheduler(hosts: Self.hosts)
@@ -224,12 +235,7 @@ struct PeerSchedulerTests {
 
     @Test("a permanent piece failure blocklists the parent and reschedules; a temporary one does not")
     func pieceFailed() throws {
-        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
-        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 10)
-        _ = try scheduler.register(Fixture.registration("mid", host: "h2", pieces: [0, 1]), now: Fixture.start)
-        _ = scheduler.handle(.started, from: Fixture.key("mid"), now: Fixture.start)
-        let child = try scheduler.register(Fixture.registration("child", host: "h3"), now: Fixture.start)
-        #expect(Set(child.decision.parents) == ["reader", "mid"])
+        var scheduler = try Self.childOfReaderAndMid()
 
         let temporary = scheduler.handle(
             .pieceFailed(number: 3, parentID: "mid", isTemporary: true), from: Fixture.key("child"), now: Fixture.start)
@@ -321,12 +327,7 @@ struct PeerSchedulerTests {
 
     @Test("a parent reported corrupted is handed out to no child of the task again")
     func corruptedParent() throws {
-        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
-        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 10)
-        _ = try scheduler.register(Fixture.registration("mid", host: "h2", pieces: [0, 1]), now: Fixture.start)
-        _ = scheduler.handle(.started, from: Fixture.key("mid"), now: Fixture.start)
-        let child = try scheduler.register(Fixture.registration("child", host: "h3"), now: Fixture.start)
-        #expect(Set(child.decision.parents) == ["reader", "mid"])
+        var scheduler = try Self.childOfReaderAndMid()
 
         // A plain permanent failure blocklists the parent for the reporting child only.
         _ = scheduler.handle(
