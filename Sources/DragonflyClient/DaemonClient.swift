@@ -94,7 +94,7 @@ package struct DaemonClient: Sendable {
     package func stat(
         taskID: TaskID,
         askScheduler: Bool = true,
-        timeout: Duration = .seconds(1)
+        timeout: Duration = .seconds(5)
     ) async throws(DragonflyError) -> DaemonTaskStat {
         var message = Dragonfly_V1_StatLocalTaskRequest()
         message.taskID = taskID.rawValue

@@ -122,15 +122,22 @@ import Testing
     @Test func aSecondDaemonOnTheSameDataDirIsRefused() async throws {
         _ = try await withTemporaryDirectory { dir in
             try await Self.withDaemon(dir) { _ in
-                #expect {
-                    _ = try makeDaemonServices(
+                // Say what happened, whatever it was: a second set of services that starts is as wrong as
+                // one refused for another reason.
+                let outcome: String
+                do {
+                    let second = try makeDaemonServices(
                         config: Self.config(dir), mode: .seed, registry: Self.registry(),
-                        telemetry: Telemetry(role: "cdn"), logger: Logger(label: "test")
-                    )
-                } throws: { error in
-                    let error = error as? DragonflyError
-                    return error?.code == .failedPrecondition && error?.message.contains("locked by process") == true
+                        telemetry: Telemetry(role: "cdn"), logger: Logger(label: "test"))
+                    outcome = "started \(second.role) on a locked data dir"
+                } catch let error as DragonflyError {
+                    outcome = "\(error.code): \(error.message)"
+                } catch {
+                    outcome = "\(type(of: error)): \(error)"
                 }
+                #expect(
+                    outcome.hasPrefix("\(DragonflyError.Code.failedPrecondition):")
+                        && outcome.contains("locked by process \(getpid())"), "\(outcome)")
             }
         }
     }
