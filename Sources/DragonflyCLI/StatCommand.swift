@@ -31,7 +31,7 @@ struct StatCommand: AsyncParsableCommand {
     }
 
     /// How long `stat` waits for the daemon (connection included).
-    static let daemonDeadline: Duration = .seconds(5)
+    static let daemonDeadline: Duration = .seconds(1)
 
     func run() async throws {
         let id = TaskID.make(
@@ -60,9 +60,7 @@ struct StatCommand: AsyncParsableCommand {
             case .unavailable:
                 return ["daemon: not running"]
             case .deadlineExceeded:
-                return [
-                    "daemon: no answer from \(client.socketPath) within \(ConfigDuration(milliseconds: Int64(daemonDeadline.components.seconds) * 1000))"
-                ]
+                return ["daemon: no answer from \(client.socketPath) within \(ConfigDuration(milliseconds: 1000))"]
             default:
                 return ["daemon: running at \(client.socketPath)", "daemon: stat failed: \(error.message)"]
             }
