@@ -103,6 +103,38 @@ import Testing
         #expect(requests.map(\.parentID) == ["a", "a", "b", "b", "c", "c"])
     }
 
+    @Test func aSeedServesOnlyPiecesNoOtherParentHasAndOneAtATime() throws {
+        var dispatcher = try Self.make(Self.config(endgameCopies: 1), count: 6, parents: ["peer": 0..<3])
+        let added = dispatcher.addParent("seed", isSeed: true)
+        #expect(added)
+        try dispatcher.parent("seed", has: 0..<6)
+        let first = dispatcher.nextRequests(now: Self.at(0))
+        // 3–5 only the seed has, but one request at a time goes to it; 0–2 come from the peer, never the seed.
+        #expect(first.filter { $0.parentID == "seed" }.count == 1)
+        #expect(first.filter { $0.parentID == "seed" }.allSatisfy { $0.piece >= 3 })
+        #expect(Set(first.filter { $0.parentID == "peer" }.map(\.piece)) == [0, 1, 2])
+        // The peer fails piece 0: the seed is now its only usable holder.
+        _ = dispatcher.failed(try #require(first.first { $0.piece == 0 }))
+        let seedRequest = try #require(first.first { $0.parentID == "seed" })
+        _ = dispatcher.completed(seedRequest, bytes: Int(4 * Self.mib), now: Self.at(1))
+        let next = dispatcher.nextRequests(now: Self.at(1))
+        #expect(next.map(\.parentID) == ["seed"])
+        #expect(next.first.map { [0, 3, 4, 5].contains($0.piece) } == true)
+
+        // With seedsLast off and a higher limit a seed is an ordinary parent: it gets the three pieces only it
+        // has at once (0–2 go to the idle peer, the better expected rate).
+        var plain = try Self.make(
+            Self.config(endgameCopies: 1) {
+                $0.seedsLast = false
+                $0.seedRequestLimit = 4
+            }, count: 6,
+            parents: ["peer": 0..<3])
+        let plainAdded = plain.addParent("seed", isSeed: true)
+        #expect(plainAdded)
+        try plain.parent("seed", has: 0..<6)
+        #expect(plain.nextRequests(now: Self.at(0)).filter { $0.parentID == "seed" }.count == 3)
+    }
+
     @Test func pieceWaitsForItsTrustedDigest() throws {
         var dispatcher = try Self.make(count: 4, parents: ["a": 0..<4], trusted: false)
         #expect(dispatcher.nextRequests(now: Self.at(0)).isEmpty)

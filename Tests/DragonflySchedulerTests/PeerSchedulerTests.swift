@@ -175,6 +175,64 @@ struct PeerSchedulerTests {
         #expect(scheduler.tasksWithPendingDigests.isEmpty)
     }
 
+    @Test("a peer scheduled while digests are staged gets only released ones, then becomes a first recipient")
+    func stagedDigestsAndALatePeer() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts)
+        scheduler.firstDigestRecipients = 1
+        scheduler.digestReleaseAfter = .seconds(30)
+        try Self.readOrigin(&scheduler, length: 40 * Self.mib, pieces: 0, complete: false)
+        for (peer, host) in [("a", "h2"), ("b", "h3")] {
+            _ = try scheduler.register(Fixture.registration(peer, host: host), now: Fixture.start)
+            _ = scheduler.handle(.started, from: Fixture.key(peer), now: Fixture.start)
+        }
+        for number in 0..<2 as Range<UInt32> {
+            _ = scheduler.handle(
+                .pieceBackToSourceFinished(
+                    number: number, length: 4 * Self.mib, cost: .milliseconds(5), digest: Self.digest(number)),
+                from: Fixture.key("reader"), now: Fixture.start)
+        }
+        func digests(_ actions: [SchedulerAction]) -> [String: [UInt32]] {
+            var result: [String: [UInt32]] = [:]
+            for case .send(let key, .pieceDigests(let batch)) in actions {
+                result[key.peerID, default: []] += batch.pieceDigests.keys.sorted()
+            }
+            return result
+        }
+        #expect(digests(scheduler.drainDigestBatches(now: Fixture.start)) == ["a": [0], "b": [1]])
+        // Both digests are staged when "late" registers: its plan carries neither.
+        let late = try scheduler.register(Fixture.registration("late", host: "h4"), now: Fixture.start)
+        guard case .normalTask(let plan) = late.decision else {
+            Issue.record("expected a normal task, got \(late.decision)")
+            return
+        }
+        #expect(plan.pieceDigests.isEmpty)
+        _ = scheduler.handle(.started, from: Fixture.key("late"), now: Fixture.start)
+        _ = scheduler.handle(
+            .pieceBackToSourceFinished(
+                number: 2, length: 4 * Self.mib, cost: .milliseconds(5), digest: Self.digest(2)),
+            from: Fixture.key("reader"), now: Fixture.start)
+        // Pieces 0 and 1 have their first recipient; piece 2 goes to one of a, b, late (2 mod 3: late).
+        #expect(digests(scheduler.drainDigestBatches(now: Fixture.start + .milliseconds(100))) == ["late": [2]])
+        // A peer on a seed host (announced after the origin reader started) holding piece 1 is no second
+        // source: nothing is released.
+        _ = try scheduler.announceHost(Fixture.host("seed", kind: .seed), now: Fixture.start)
+        _ = try scheduler.register(Fixture.registration("s", host: "seed"), now: Fixture.start)
+        _ = scheduler.handle(
+            .pieceFinished(
+                number: 1, parentID: "reader", length: 4 * Self.mib, cost: .milliseconds(5), digest: Self.digest(1)),
+            from: Fixture.key("s"), now: Fixture.start + .milliseconds(150))
+        #expect(
+            digests(scheduler.drainDigestBatches(now: Fixture.start + .milliseconds(200)))["a"]?.contains(1) != true)
+        // a holds piece 0: everyone else gets it.
+        _ = scheduler.handle(
+            .pieceFinished(
+                number: 0, parentID: "reader", length: 4 * Self.mib, cost: .milliseconds(5), digest: Self.digest(0)),
+            from: Fixture.key("a"), now: Fixture.start + .milliseconds(250))
+        let released = digests(scheduler.drainDigestBatches(now: Fixture.start + .milliseconds(300)))
+        #expect(released["b"]?.contains(0) == true && released["late"]?.contains(0) == true)
+        #expect(released["b"]?.contains(1) != true && released["late"]?.contains(1) != true)
+    }
+
     @Test("digests from a non-reader are not trusted; the first trusted digest wins")
     func untrustedDigests() throws {
         var scheduler = try Fixture.scheduler(hosts: Self.hosts)

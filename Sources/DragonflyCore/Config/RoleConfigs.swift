@@ -167,12 +167,14 @@ package struct SchedulerConfig: RoleConfiguration {
         /// trusted digests, so no piece can circulate.
         package var acyclic: Bool = false
         /// A piece's trusted digest goes first to this many of the task's downloading peers (a different few
-        /// for every piece), and to the rest once one of them holds the piece or after `digestReleaseAfter`; so
-        /// the origin reader serves each fresh piece a few times instead of to every child at once. 0: to every
-        /// downloading peer at once.
-        package var firstDigestRecipients: Int = 2
-        /// The longest a piece's digest is held back from the other downloading peers.
-        package var digestReleaseAfter: ConfigDuration = .seconds(2)
+        /// for every piece), and to the rest once a peer that is neither an origin reader nor on a seed host holds
+        /// the piece, or after `digestReleaseAfter`; so the seed, whose upload every byte crosses once, serves
+        /// each fresh piece about this many times instead of to every child at once. 0: to every downloading
+        /// peer at once. (`scripts/bench/swarm W1`: 1 finished in 30.5 s, 2 in 33.3 s, bound 22.3–24.5 s.)
+        package var firstDigestRecipients: Int = 1
+        /// The longest a piece's digest is held back from the other downloading peers: a safety net for a first
+        /// recipient that stalls, longer than a piece takes from a seed shared by a whole swarm.
+        package var digestReleaseAfter: ConfigDuration = .seconds(30)
         package init() {}
     }
 

@@ -30,6 +30,8 @@ struct ParentInfo: Sendable, Hashable {
     var hostID: String
     var peerAddress: String
     var pieceDataAddress: String
+    /// A seed peer (`dragonfly cdn`).
+    var isSeed = false
 }
 
 /// One registration of a task at one scheduler: the `AnnouncePeer` stream and the downloads it directs.
@@ -146,6 +148,8 @@ final class SessionState {
     /// Bytes stored from each parent this session, for the debug summary (at most ``maximumParents`` live
     /// parents; dropped ones stay counted, bounded by the reschedule limit).
     var bytesByParent: [String: Int64] = [:]
+    /// Requests abandoned before they completed, by cause (debug figures for the "download finished" line).
+    var abandoned = (stalled: 0, failed: 0, duplicates: 0)
     var syncs: [String: Task<Void, Never>] = [:]
     var fetches: [PieceDispatcher.Request: Task<Void, Never>] = [:]
     var origin: Task<Void, Never>?
@@ -209,6 +213,7 @@ final class SessionState {
         case .pieceStored(let request, let length, let digest, let cost):
             fetches[request] = nil
             let duplicates = dispatcher?.completed(request, bytes: Int(length), now: clock.now) ?? []
+            abandoned.duplicates += duplicates.count
             cancel(duplicates)
             context.metrics.downloadPeerBytes.increment(by: length)
             if bytesByParent.count < 4 * Self.maximumParents || bytesByParent[request.parentID] != nil {
@@ -241,6 +246,7 @@ final class SessionState {
                 reportFailed(request, permanent: true, reason: PieceFailureReason.corrupted)
                 dropParent(request.parentID, corrupted: true)
             } else {
+                abandoned.failed += 1
                 logger.debug(
                     "piece fetch failed",
                     metadata: [
@@ -424,9 +430,9 @@ final class SessionState {
             }
             let info = ParentInfo(
                 peerID: parent.peerID, hostID: parent.host.id, peerAddress: parent.peerAddress,
-                pieceDataAddress: parent.pieceDataAddress)
+                pieceDataAddress: parent.pieceDataAddress, isSeed: parent.host.type == .super)
             parents[info.peerID] = info
-            dispatcher?.addParent(info.peerID)
+            dispatcher?.addParent(info.peerID, isSeed: info.isSeed)
             logger.debug("parent added", metadata: ["df.parent": "\(info.peerID)", "df.parents": "\(parents.count)"])
             syncs[info.peerID] = Self.syncPieces(
                 from: info, taskID: taskID, peerID: peerID, events: events, logger: logger)
@@ -488,6 +494,14 @@ final class SessionState {
         self.dispatcher = dispatcher
         for request in requests {
             guard let parent = parents[request.parentID] else { continue }
+            if parent.isSeed {
+                logger.debug(
+                    "piece requested from a seed",
+                    metadata: [
+                        "df.piece": "\(request.piece)", "df.duplicate": "\(request.isDuplicate)",
+                        "df.parents.holding": "\(dispatcher.holderCount(ofPiece: request.piece))",
+                    ])
+            }
             let expected: Int64? = contentLength.flatMap {
                 PieceMath.span(ofPiece: request.piece, contentLength: $0, pieceLength: pieceLength)?.length
             }
@@ -501,6 +515,9 @@ final class SessionState {
         guard dispatcher != nil, origin == nil else { return }
         let now = clock.now
         for request in dispatcher?.stalled(now: now) ?? [] {
+            abandoned.stalled += 1
+            logger.debug(
+                "piece fetch stalled", metadata: ["df.parent": "\(request.parentID)", "df.piece": "\(request.piece)"])
             fetches.removeValue(forKey: request)?.cancel()
             if case .drop(let doomed) = dispatcher?.failed(request) {
                 cancel(doomed)
@@ -571,6 +588,8 @@ final class SessionState {
             metadata: [
                 "df.bytes.peers": "\(progress.fromPeers)", "df.bytes.origin": "\(progress.fromOrigin)",
                 "df.bytes.by_parent": "\(bytesByParent.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })",
+                "df.abandoned.stalled": "\(abandoned.stalled)", "df.abandoned.failed": "\(abandoned.failed)",
+                "df.abandoned.duplicates": "\(abandoned.duplicates)",
             ])
         return true
     }

@@ -69,6 +69,13 @@ package struct PieceDispatcher: Sendable {
         /// Among equally rare pieces, the first one asked for is the lowest at or after this number (wrapping to
         /// 0). The conductor draws it at random per download so a swarm's peers start in different places.
         package var tieBreakStart = 0
+        /// Seed parents (``addParent(_:isSeed:)``) serve a piece only while no other usable parent holds it: the
+        /// seed's upload is the swarm's bottleneck (every byte leaves it at least once), so it should send each
+        /// piece as few times as possible and leave the copying to the peers that already have it.
+        package var seedsLast = true
+        /// Requests in flight to one seed parent at once (at most ``perParentLimit``): a seed shared by a whole
+        /// swarm finishes a few pieces early, which peers then copy among themselves, rather than all of them late.
+        package var seedRequestLimit = 1
 
         /// The defaults.
         package init() {}
@@ -82,6 +89,7 @@ package struct PieceDispatcher: Sendable {
             }
             try check((1...4096).contains(maxInFlight), "maxInFlight", "in 1...4096")
             try check((1...4096).contains(perParentLimit), "perParentLimit", "in 1...4096")
+            try check((1...4096).contains(seedRequestLimit), "seedRequestLimit", "in 1...4096")
             try check((1...1000).contains(parentFailureLimit), "parentFailureLimit", "in 1...1000")
             try check((1...4096).contains(maxAvoidedPiecesPerParent), "maxAvoidedPiecesPerParent", "in 1...4096")
             try check(stallBase >= .zero, "stallBase", "non-negative")
@@ -126,6 +134,7 @@ package struct PieceDispatcher: Sendable {
 
     private struct Parent: Sendable {
         let id: String
+        var isSeed = false
         var inFlight = 0
         var throughput: Double?
         var consecutiveFailures = 0
@@ -154,6 +163,9 @@ package struct PieceDispatcher: Sendable {
     private var holders: [UInt64] = []
     /// Bit `s`: the parent in slot `s` failed the piece and is not asked for it again.
     private var avoided: [UInt64] = []
+    /// `avoided`, plus the seed parents when a usable non-seed parent holds the piece (``Configuration/seedsLast``):
+    /// the parents not to ask for it now. Re-derived by `refresh`.
+    private var shunned: [UInt64] = []
     private var copies: [UInt8] = []
     private var status: [Status] = []
     /// The candidate bucket (availability) the piece is filed under, 0 when not a candidate.
@@ -171,6 +183,8 @@ package struct PieceDispatcher: Sendable {
     private var parents = [Parent?](repeating: nil, count: PieceDispatcher.maxParentCount)
     private var slots: [String: Int] = [:]
     private var parentMask: UInt64 = 0
+    /// Bit `s`: the parent in slot `s` is a seed peer.
+    private var seedMask: UInt64 = 0
     private var fullMask: UInt64 = 0
     private var announcingMask: UInt64 = 0
     /// The best measured throughput, the estimate for parents not yet measured.
@@ -258,6 +272,7 @@ package struct PieceDispatcher: Sendable {
             digests.removeLast(excess)
             holders.removeLast(excess)
             avoided.removeLast(excess)
+            shunned.removeLast(excess)
             copies.removeLast(excess)
             status.removeLast(excess)
             filedUnder.removeLast(excess)
@@ -304,18 +319,19 @@ package struct PieceDispatcher: Sendable {
     // MARK: - Parents
 
     /// Adds a parent (from `NormalTask` or a reschedule) with no known pieces, announcing (its SyncPieces stream
-    /// is expected to report pieces).
+    /// is expected to report pieces). `isSeed`: a seed peer, asked last (``Configuration/seedsLast``).
     ///
     /// - Returns: false when it is already present or ``Configuration/maxParents`` are tracked.
     @discardableResult
-    package mutating func addParent(_ id: String) -> Bool {
+    package mutating func addParent(_ id: String, isSeed: Bool = false) -> Bool {
         guard slots[id] == nil, slots.count < configuration.maxParents,
             let slot = parents.firstIndex(where: { $0 == nil })
         else { return false }
-        parents[slot] = Parent(id: id)
+        parents[slot] = Parent(id: id, isSeed: isSeed)
         slots[id] = slot
         parentMask |= 1 << UInt64(slot)
         announcingMask |= 1 << UInt64(slot)
+        if isSeed && configuration.seedsLast { seedMask |= 1 << UInt64(slot) }
         return true
     }
 
@@ -352,6 +368,11 @@ package struct PieceDispatcher: Sendable {
         announcingMask &= ~(1 << UInt64(slot))
     }
 
+    /// How many current parents announced `piece`.
+    package func holderCount(ofPiece piece: Int) -> Int {
+        piece >= 0 && piece < trackedCount ? holders[piece].nonzeroBitCount : 0
+    }
+
     /// The current parents' IDs, sorted.
     package var parentIDs: [String] { slots.keys.sorted() }
 
@@ -366,18 +387,18 @@ package struct PieceDispatcher: Sendable {
     /// slot or make a piece requestable (a parent or pieces added, digests trusted, a request finished).
     package mutating func nextRequests(now: ContinuousClock.Instant) -> [Request] {
         var chosen: [Request] = []
-        candidates.flush(holders: holders, avoided: avoided)
+        candidates.flush(holders: holders, avoided: shunned)
         while inFlightCount < configuration.maxInFlight {
             let eligible = parentMask & ~fullMask
             guard eligible != 0,
                 let piece = candidates.first(
-                    eligible: eligible, holders: holders, avoided: avoided, start: configuration.tieBreakStart)
+                    eligible: eligible, holders: holders, avoided: shunned, start: configuration.tieBreakStart)
             else { break }
-            guard let slot = bestParent(among: holders[piece] & ~avoided[piece] & eligible),
+            guard let slot = bestParent(among: holders[piece] & ~shunned[piece] & eligible),
                 let request = start(piece: piece, slot: slot, isDuplicate: false, now: now)
             else { break }
             chosen.append(request)
-            candidates.flush(holders: holders, avoided: avoided)
+            candidates.flush(holders: holders, avoided: shunned)
         }
         if isEndgame { chosen += endgameRequests(now: now) }
         return chosen
@@ -594,6 +615,7 @@ package struct PieceDispatcher: Sendable {
         digests += repeatElement(nil, count: added)
         holders += repeatElement(0, count: added)
         avoided += repeatElement(0, count: added)
+        shunned += repeatElement(0, count: added)
         copies += repeatElement(0, count: added)
         status += repeatElement(.sourceless, count: added)
         filedUnder += repeatElement(0, count: added)
@@ -603,6 +625,8 @@ package struct PieceDispatcher: Sendable {
 
     /// Re-derives the status of `piece` from its facts and files it accordingly.
     private mutating func refresh(_ piece: Int) {
+        let usable = holders[piece] & ~avoided[piece]
+        shunned[piece] = avoided[piece] | (usable & ~seedMask != 0 ? seedMask : 0)
         let newStatus: Status
         var bucket: UInt8 = 0
         if isHeld[piece] {
@@ -649,7 +673,10 @@ package struct PieceDispatcher: Sendable {
         copies[piece] += 1
         inFlightCount += 1
         parents[slot]?.inFlight += 1
-        if (parents[slot]?.inFlight ?? 0) >= configuration.perParentLimit { fullMask |= 1 << UInt64(slot) }
+        let limit =
+            parents[slot]?.isSeed == true
+            ? min(configuration.perParentLimit, configuration.seedRequestLimit) : configuration.perParentLimit
+        if (parents[slot]?.inFlight ?? 0) >= limit { fullMask |= 1 << UInt64(slot) }
         refresh(piece)
         return request
     }
@@ -699,6 +726,7 @@ package struct PieceDispatcher: Sendable {
         parents[slot] = nil
         slots[parent.id] = nil
         parentMask &= ~bit
+        seedMask &= ~bit
         fullMask &= ~bit
         announcingMask &= ~bit
         for piece in parent.avoidedPieces where piece < trackedCount {
@@ -755,7 +783,7 @@ package struct PieceDispatcher: Sendable {
             for entry in ordered where entry.copies < configuration.endgameCopies {
                 guard inFlightCount < configuration.maxInFlight else { break }
                 let fetching = flights[entry.piece]?.reduce(UInt64(0)) { $0 | 1 << UInt64($1.slot) } ?? 0
-                let usable = holders[entry.piece] & ~avoided[entry.piece] & parentMask & ~fullMask & ~fetching
+                let usable = holders[entry.piece] & ~shunned[entry.piece] & parentMask & ~fullMask & ~fetching
                 guard usable != 0, let slot = bestParent(among: usable),
                     let request = start(piece: entry.piece, slot: slot, isDuplicate: true, now: now)
                 else { continue }

@@ -248,7 +248,12 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             contentLength: task.contentLength,
             pieceLength: task.pieceLength ?? PieceMath.pieceLength(forContentLength: task.contentLength),
             pieceCount: task.pieceCount,
-            pieceDigests: task.trustedDigests,
+            // Staged digests reach this peer from drainDigestBatches (as a first recipient or at release).
+            pieceDigests: firstDigestRecipients == 0
+                ? task.trustedDigests
+                : task.trustedDigests.filter {
+                    task.stagedDigests[$0.key] == nil && task.pendingDigestBatch[$0.key] == nil
+                },
             responseHeader: task.responseHeader)
     }
 
@@ -479,45 +484,50 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
 
     /// Drains every task's pending digests as `PieceDigests` sends (the service calls this every ≤ 100 ms).
     ///
-    /// With ``firstDigestRecipients`` > 0 and more downloading peers than that, a fresh digest goes to that many
-    /// of them first — a different few for each piece, so each fetches different pieces from the origin reader —
-    /// and to the rest once a peer other than an origin reader holds the piece (it is then a second source) or
-    /// after ``digestReleaseAfter``. Otherwise every downloading peer gets every digest at once.
+    /// With ``firstDigestRecipients`` > 0, a fresh digest is staged: it goes to that many downloading peers first
+    /// — a different few for each piece, so each fetches different pieces from the origin reader, and to peers
+    /// that register later while the piece has fewer first recipients than that — and to every other downloading
+    /// peer once a peer other than an origin reader holds the piece (it is then a second source) or after
+    /// ``digestReleaseAfter``. Peers scheduled meanwhile get only released digests with their parents
+    /// (`makeNormalPlan`). With 0, every downloading peer gets every digest at once.
     package mutating func drainDigestBatches(now: ContinuousClock.Instant = .now) -> [SchedulerAction] {
         var actions: [SchedulerAction] = []
         for taskID in tasksWithPendingDigests {
             guard let task = registry.task(taskID) else { continue }
             let recipients = Self.digestRecipients(of: task)
-            guard !recipients.isEmpty else {
-                // Nobody to tell yet: later peers get every trusted digest with their parents.
-                registry.modifyTask(taskID) { task in
-                    task.pendingDigestBatch = [:]
-                    task.stagedDigests = [:]
-                }
-                continue
-            }
             var perRecipient: [String: [UInt32: String]] = [:]
             var staged = task.stagedDigests
             let first = firstDigestRecipients
             for (number, digest) in task.pendingDigestBatch {
-                guard first > 0, recipients.count > first else {
+                if first == 0 {
                     for peer in recipients { perRecipient[peer, default: [:]][number] = digest }
+                } else if staged[number] == nil {
+                    staged[number] = StagedDigest(digest: digest, since: now, sentTo: [])
+                }
+            }
+            // A second source: a peer that neither reads the origin nor runs on a seed host (a seed that finished
+            // reading is no longer an origin reader, but it is still the one whose upload is scarce).
+            let secondSources = task.peers.values.filter { peer in
+                !task.backToSourcePeers.contains(peer.id) && registry.host(peer.hostID)?.isSeed != true
+            }
+            for (number, var entry) in staged {
+                let isHeld = secondSources.contains { $0.finishedPieces.contains(number) }
+                if isHeld || now - entry.since >= digestReleaseAfter {
+                    for peer in recipients where !entry.sentTo.contains(peer) {
+                        perRecipient[peer, default: [:]][number] = entry.digest
+                    }
+                    staged[number] = nil
                     continue
                 }
+                guard entry.sentTo.count < first, !recipients.isEmpty else { continue }
+                // More first recipients: the next ones after this piece's own starting point.
                 let start = Int(number % UInt32(recipients.count))
-                let chosen = (0..<first).map { recipients[(start + $0) % recipients.count] }
-                for peer in chosen { perRecipient[peer, default: [:]][number] = digest }
-                staged[number] = StagedDigest(digest: digest, since: now, sentTo: Set(chosen))
-            }
-            for (number, entry) in staged {
-                let isHeld = task.peers.values.contains { peer in
-                    !task.backToSourcePeers.contains(peer.id) && peer.finishedPieces.contains(number)
-                }
-                guard isHeld || now - entry.since >= digestReleaseAfter else { continue }
-                for peer in recipients where !entry.sentTo.contains(peer) {
+                for offset in 0..<recipients.count where entry.sentTo.count < first {
+                    let peer = recipients[(start + offset) % recipients.count]
+                    guard entry.sentTo.insert(peer).inserted else { continue }
                     perRecipient[peer, default: [:]][number] = entry.digest
                 }
-                staged[number] = nil
+                staged[number] = entry
             }
             registry.modifyTask(taskID) { task in
                 task.pendingDigestBatch = [:]
