@@ -121,6 +121,15 @@ import Testing
         #expect(next.map(\.parentID) == ["seed"])
         #expect(next.first.map { [0, 3, 4, 5].contains($0.piece) } == true)
 
+        // Once the peer has every piece too, nothing is seed-only: the seed helps like any parent (one at a time).
+        var helped = try Self.make(Self.config(endgameCopies: 1), count: 6, parents: ["peer": 0..<6])
+        let helpedAdded = helped.addParent("seed", isSeed: true)
+        #expect(helpedAdded)
+        try helped.parent("seed", has: 0..<6)
+        let shared = helped.nextRequests(now: Self.at(0))
+        #expect(shared.filter { $0.parentID == "seed" }.count == 1)
+        #expect(shared.filter { $0.parentID == "peer" }.count == 4)
+
         // With seedsLast off and a higher limit a seed is an ordinary parent: it gets the three pieces only it
         // has at once (0–2 go to the idle peer, the better expected rate).
         var plain = try Self.make(

@@ -57,6 +57,12 @@ package struct DaemonConfig: RoleConfiguration {
         package var disableBackToSource: Bool = false
         /// Download rate limit per daemon in bytes/s; 0 means unlimited.
         package var rateLimit: ByteSize = .zero
+        /// Ask a seed peer only for pieces no other parent has: its upload is the swarm's bottleneck when every
+        /// host uploads as fast as the seed. False: a seed is an ordinary parent, chosen by measured throughput
+        /// (better when hosts upload much slower than the seed; see README "Performance").
+        package var seedsLast: Bool = true
+        /// Requests in flight to one seed parent at once.
+        package var seedRequestLimit: Int = 1
         package init() {}
     }
 
@@ -121,6 +127,7 @@ package struct DaemonConfig: RoleConfiguration {
         try v.require(scheduler.announceInterval.milliseconds > 0, "scheduler.announceInterval", "must be positive")
         try v.require((1...1024).contains(download.concurrentPieces), "download.concurrentPieces", "must be 1-1024")
         try v.require((1...64).contains(download.originConnections), "download.originConnections", "must be 1-64")
+        try v.require((1...64).contains(download.seedRequestLimit), "download.seedRequestLimit", "must be 1-64")
         try v.require((0...100).contains(download.pieceRetryLimit), "download.pieceRetryLimit", "must be 0-100")
         try v.require((1...4096).contains(upload.slots), "upload.slots", "must be 1-4096")
         try v.require(
@@ -174,7 +181,9 @@ package struct SchedulerConfig: RoleConfiguration {
         package var firstDigestRecipients: Int = 1
         /// The longest a piece's digest is held back from the other downloading peers: a safety net for a first
         /// recipient that stalls, longer than a piece takes from a seed shared by a whole swarm.
-        package var digestReleaseAfter: ConfigDuration = .seconds(30)
+        package var digestReleaseAfter: ConfigDuration = .seconds(60)
+        /// Staged pieces one peer is first recipient of at once (it fetches them from the seed one by one).
+        package var firstDigestBacklog: Int = 2
         package init() {}
     }
 
@@ -225,6 +234,8 @@ package struct SchedulerConfig: RoleConfiguration {
             (0...64).contains(scheduling.firstDigestRecipients), "scheduling.firstDigestRecipients", "must be 0-64")
         try v.require(
             scheduling.digestReleaseAfter.milliseconds > 0, "scheduling.digestReleaseAfter", "must be positive")
+        try v.require(
+            (1...1024).contains(scheduling.firstDigestBacklog), "scheduling.firstDigestBacklog", "must be 1-1024")
         try v.require(scheduling.backToSourceBase >= 1, "scheduling.backToSourceBase", "must be at least 1")
         try v.require(
             scheduling.backToSourcePeersPerExtra >= 1, "scheduling.backToSourcePeersPerExtra", "must be at least 1")

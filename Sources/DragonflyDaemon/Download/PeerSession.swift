@@ -374,6 +374,8 @@ final class SessionState {
         var configuration = PieceDispatcher.Configuration()
         configuration.maxInFlight = min(max(context.config.download.concurrentPieces, 1), 256)
         configuration.perParentLimit = min(configuration.perParentLimit, configuration.maxInFlight)
+        configuration.seedsLast = context.config.download.seedsLast
+        configuration.seedRequestLimit = context.config.download.seedRequestLimit
         // Every peer of a swarm starts at its own place among equally rare pieces (DESIGN §6, rarest first).
         if let count = pieceCount, count > 1 { configuration.tieBreakStart = Int.random(in: 0..<count) }
         do {

@@ -69,9 +69,10 @@ package struct PieceDispatcher: Sendable {
         /// Among equally rare pieces, the first one asked for is the lowest at or after this number (wrapping to
         /// 0). The conductor draws it at random per download so a swarm's peers start in different places.
         package var tieBreakStart = 0
-        /// Seed parents (``addParent(_:isSeed:)``) serve a piece only while no other usable parent holds it: the
-        /// seed's upload is the swarm's bottleneck (every byte leaves it at least once), so it should send each
-        /// piece as few times as possible and leave the copying to the peers that already have it.
+        /// While a seed parent (``addParent(_:isSeed:)``) still holds pieces no other parent has, it serves only
+        /// those: its upload is then the swarm's bottleneck (every byte leaves it at least once), so it should send
+        /// each piece once and leave the copying to the peers that have it. Once every missing piece has another
+        /// holder the seed is an ordinary parent again, so its upload also helps when the hosts' is the limit.
         package var seedsLast = true
         /// Requests in flight to one seed parent at once (at most ``perParentLimit``): a seed shared by a whole
         /// swarm finishes a few pieces early, which peers then copy among themselves, rather than all of them late.
@@ -166,6 +167,12 @@ package struct PieceDispatcher: Sendable {
     /// `avoided`, plus the seed parents when a usable non-seed parent holds the piece (``Configuration/seedsLast``):
     /// the parents not to ask for it now. Re-derived by `refresh`.
     private var shunned: [UInt64] = []
+    /// The piece is missing and only seed parents can supply it.
+    private var seedOnly: [Bool] = []
+    private var seedOnlyCount = 0
+    /// Whether seeds are asked last now: ``Configuration/seedsLast`` and some piece is seed-only (see
+    /// `updateSeedScarcity`).
+    private var seedsScarce = false
     private var copies: [UInt8] = []
     private var status: [Status] = []
     /// The candidate bucket (availability) the piece is filed under, 0 when not a candidate.
@@ -261,6 +268,7 @@ package struct PieceDispatcher: Sendable {
                 cancelled += removeFlights(of: piece).map(\.request)
                 if filedUnder[piece] > 0 { candidates.remove(piece, availability: Int(filedUnder[piece])) }
                 statusCounts[status[piece].rawValue] -= 1
+                if seedOnly[piece] { seedOnlyCount -= 1 }
                 if isHeld[piece] {
                     heldCount -= 1
                 } else if digests[piece] == nil {
@@ -273,6 +281,7 @@ package struct PieceDispatcher: Sendable {
             holders.removeLast(excess)
             avoided.removeLast(excess)
             shunned.removeLast(excess)
+            seedOnly.removeLast(excess)
             copies.removeLast(excess)
             status.removeLast(excess)
             filedUnder.removeLast(excess)
@@ -386,6 +395,7 @@ package struct PieceDispatcher: Sendable {
     /// Chooses new requests, up to the limits, and marks them in flight. Call after every event that may free a
     /// slot or make a piece requestable (a parent or pieces added, digests trusted, a request finished).
     package mutating func nextRequests(now: ContinuousClock.Instant) -> [Request] {
+        updateSeedScarcity()
         var chosen: [Request] = []
         candidates.flush(holders: holders, avoided: shunned)
         while inFlightCount < configuration.maxInFlight {
@@ -616,6 +626,7 @@ package struct PieceDispatcher: Sendable {
         holders += repeatElement(0, count: added)
         avoided += repeatElement(0, count: added)
         shunned += repeatElement(0, count: added)
+        seedOnly += repeatElement(false, count: added)
         copies += repeatElement(0, count: added)
         status += repeatElement(.sourceless, count: added)
         filedUnder += repeatElement(0, count: added)
@@ -626,7 +637,12 @@ package struct PieceDispatcher: Sendable {
     /// Re-derives the status of `piece` from its facts and files it accordingly.
     private mutating func refresh(_ piece: Int) {
         let usable = holders[piece] & ~avoided[piece]
-        shunned[piece] = avoided[piece] | (usable & ~seedMask != 0 ? seedMask : 0)
+        let onlySeeds = !isHeld[piece] && usable != 0 && usable & ~seedMask == 0
+        if onlySeeds != seedOnly[piece] {
+            seedOnly[piece] = onlySeeds
+            seedOnlyCount += onlySeeds ? 1 : -1
+        }
+        shunned[piece] = avoided[piece] | (seedsScarce && usable & ~seedMask != 0 ? seedMask : 0)
         let newStatus: Status
         var bucket: UInt8 = 0
         if isHeld[piece] {
@@ -764,6 +780,15 @@ package struct PieceDispatcher: Sendable {
             best = (slot, score, rank, parent.id)
         }
         return best?.slot
+    }
+
+    /// Seeds are scarce while some missing piece only they hold; when that changes every piece's `shunned` is
+    /// re-derived (O(pieces), once per change).
+    private mutating func updateSeedScarcity() {
+        let scarce = seedOnlyCount > 0
+        guard scarce != seedsScarce else { return }
+        seedsScarce = scarce
+        for piece in 0..<trackedCount { refresh(piece) }
     }
 
     private mutating func updateBestThroughput() {

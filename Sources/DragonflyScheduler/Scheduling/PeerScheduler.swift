@@ -13,11 +13,13 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
     package var firstDigestRecipients: Int
     /// `scheduling.digestReleaseAfter`.
     package var digestReleaseAfter: Duration
+    /// `scheduling.firstDigestBacklog`: staged pieces one peer is first recipient of at once.
+    package var firstDigestBacklog: Int
     private var random: Random
 
     package init(
         registry: ResourceRegistry, selector: ParentSelector, rationer: BackToSourceRationer, random: Random,
-        firstDigestRecipients: Int = 0, digestReleaseAfter: Duration = .seconds(2)
+        firstDigestRecipients: Int = 0, digestReleaseAfter: Duration = .seconds(2), firstDigestBacklog: Int = 1 << 20
     ) {
         self.registry = registry
         self.selector = selector
@@ -25,6 +27,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         self.random = random
         self.firstDigestRecipients = max(firstDigestRecipients, 0)
         self.digestReleaseAfter = digestReleaseAfter
+        self.firstDigestBacklog = max(firstDigestBacklog, 1)
     }
 
     /// A scheduler core configured from `scheduling.*` and `gc.*`.
@@ -35,7 +38,8 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             rationer: BackToSourceRationer(config: config.scheduling),
             random: random,
             firstDigestRecipients: config.scheduling.firstDigestRecipients,
-            digestReleaseAfter: config.scheduling.digestReleaseAfter.duration)
+            digestReleaseAfter: config.scheduling.digestReleaseAfter.duration,
+            firstDigestBacklog: config.scheduling.firstDigestBacklog)
     }
 
     // MARK: Hosts
@@ -486,9 +490,10 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
     ///
     /// With ``firstDigestRecipients`` > 0, a fresh digest is staged: it goes to that many downloading peers first
     /// — a different few for each piece, so each fetches different pieces from the origin reader, and to peers
-    /// that register later while the piece has fewer first recipients than that — and to every other downloading
-    /// peer once a peer other than an origin reader holds the piece (it is then a second source) or after
-    /// ``digestReleaseAfter``. Peers scheduled meanwhile get only released digests with their parents
+    /// that register later while the piece has fewer first recipients than that; a peer is first recipient of at
+    /// most ``firstDigestBacklog`` staged pieces at once, so pieces leave the seed one after another rather than
+    /// all at once — and to every other downloading peer once a peer other than an origin reader holds the piece
+    /// (it is then a second source) or ``digestReleaseAfter`` after its first recipients got it. Peers scheduled meanwhile get only released digests with their parents
     /// (`makeNormalPlan`). With 0, every downloading peer gets every digest at once.
     package mutating func drainDigestBatches(now: ContinuousClock.Instant = .now) -> [SchedulerAction] {
         var actions: [SchedulerAction] = []
@@ -510,21 +515,40 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             let secondSources = task.peers.values.filter { peer in
                 !task.backToSourcePeers.contains(peer.id) && registry.host(peer.hostID)?.isSeed != true
             }
-            for (number, var entry) in staged {
+            // Release first: held pieces free their first recipients' backlog for new assignments.
+            var backlog: [String: Int] = [:]
+            var assignable: [UInt32] = []
+            for number in staged.keys.sorted() {
+                guard var entry = staged[number] else { continue }
+                // A first recipient that left the task no longer counts: the piece gets another.
+                if entry.sentTo.contains(where: { task.peers[$0] == nil }) {
+                    entry.sentTo = entry.sentTo.filter { task.peers[$0] != nil }
+                    staged[number] = entry
+                }
                 let isHeld = secondSources.contains { $0.finishedPieces.contains(number) }
-                if isHeld || now - entry.since >= digestReleaseAfter {
+                if isHeld || (!entry.sentTo.isEmpty && now - entry.since >= digestReleaseAfter) {
                     for peer in recipients where !entry.sentTo.contains(peer) {
                         perRecipient[peer, default: [:]][number] = entry.digest
                     }
                     staged[number] = nil
                     continue
                 }
-                guard entry.sentTo.count < first, !recipients.isEmpty else { continue }
-                // More first recipients: the next ones after this piece's own starting point.
+                for peer in entry.sentTo { backlog[peer, default: 0] += 1 }
+                if entry.sentTo.count < first { assignable.append(number) }
+            }
+            // More first recipients, lowest pieces first: the next peers after each piece's own starting point
+            // that have room in their backlog.
+            for number in assignable where !recipients.isEmpty {
+                guard var entry = staged[number] else { continue }
                 let start = Int(number % UInt32(recipients.count))
                 for offset in 0..<recipients.count where entry.sentTo.count < first {
                     let peer = recipients[(start + offset) % recipients.count]
-                    guard entry.sentTo.insert(peer).inserted else { continue }
+                    guard backlog[peer, default: 0] < firstDigestBacklog, !entry.sentTo.contains(peer) else {
+                        continue
+                    }
+                    if entry.sentTo.isEmpty { entry.since = now }
+                    entry.sentTo.insert(peer)
+                    backlog[peer, default: 0] += 1
                     perRecipient[peer, default: [:]][number] = entry.digest
                 }
                 staged[number] = entry
