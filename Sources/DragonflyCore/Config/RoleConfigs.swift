@@ -267,11 +267,22 @@ package struct ManagerConfig: RoleConfiguration {
     /// Database URL; empty means SQLite in the data dir, `postgres://user@host:port/db` for replicas.
     package var database: String = ""
     package var keepAlive = KeepAliveConfig()
+    /// Sign-in sessions and jobs of the REST and open APIs.
+    package struct APIConfig: Codable, Sendable, Equatable {
+        /// How long a session token from `/api/v1/users/signin` stays valid.
+        package var sessionLifetime: ConfigDuration = .hours(24)
+        /// How often PENDING and RUNNING jobs are checked against their timeout.
+        package var jobTimeoutCheck: ConfigDuration = .seconds(5)
+        package init() {}
+    }
+    package var api = APIConfig()
 
     package init() {}
 
     package func validate() throws(DragonflyError) {
         let v = ConfigValidator()
+        try v.require(api.sessionLifetime.milliseconds >= 60_000, "api.sessionLifetime", "must be at least 1m")
+        try v.require(api.jobTimeoutCheck.milliseconds >= 100, "api.jobTimeoutCheck", "must be at least 100ms")
         try v.require(
             database.isEmpty || database.hasPrefix("postgres://") || database.hasPrefix("postgresql://")
                 || database.hasPrefix("sqlite://"), "database",

@@ -1,0 +1,87 @@
+import DragonflyCore
+package import Logging
+import ServiceLifecycle
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Ends every PENDING or RUNNING job whose timeout (`args.timeout` nanoseconds, default 30 minutes) has passed
+/// as FAILURE, with a failure entry per URL in each unfinished cluster, so that nothing hangs past its timeout.
+/// Safe with several replicas: the update is the same whoever makes it.
+package struct JobTimeoutService: Service {
+    /// How many open jobs one check reads at most (the oldest are checked first on the next pass).
+    static let batch = 1_000
+
+    private let store: StoreService
+    private let interval: Duration
+    private let logger: Logger
+
+    package init(store: StoreService, interval: Duration, logger: Logger) {
+        self.store = store
+        self.interval = interval
+        self.logger = logger
+    }
+
+    package func run() async throws {
+        guard let store = try? await store.ready() else { return }
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await Self.expire(in: store, now: Date(), logger: logger)
+            } catch {
+                logger.warning("checking job timeouts failed", metadata: ["df.error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+    }
+
+    /// One pass: returns the IDs of the jobs it ended.
+    @discardableResult
+    static func expire(in store: ManagerStore, now: Date, logger: Logger) async throws -> [Int] {
+        var ended: [Int] = []
+        for state in [JobState.pending, .running] {
+            for job in try await store.jobs(state: state, limit: batch) {
+                let timeout = timeoutSeconds(job.args)
+                guard now.timeIntervalSince(job.createdAt) > timeout else { continue }
+                let description = "the job timed out after \(ConfigDuration(milliseconds: Int64(timeout * 1000)))"
+                for cluster in job.clusters where !cluster.state.isTerminal {
+                    try await store.updateJobCluster(
+                        id: cluster.id, state: .failure,
+                        result: .object([
+                            "success_tasks": .array([]),
+                            "failure_tasks": .array(
+                                urls(job.args).map { url in
+                                    .object([
+                                        "url": .string(url), "hostname": .string(""), "ip": .string(""),
+                                        "description": .string(description),
+                                    ])
+                                }),
+                        ]))
+                }
+                try await store.updateJob(id: job.id, state: .failure, result: .object(["error": .string(description)]))
+                logger.info("job timed out", metadata: ["df.job": "\(job.id)"])
+                ended.append(job.id)
+            }
+        }
+        return ended
+    }
+
+    static func timeoutSeconds(_ args: JSONValue) -> Double {
+        if case .object(let fields) = args, case .number(let nanoseconds)? = fields["timeout"], nanoseconds > 0 {
+            return nanoseconds / 1e9
+        }
+        return Double(PreheatArgs.defaultTimeoutNanoseconds) / 1e9
+    }
+
+    static func urls(_ args: JSONValue) -> [String] {
+        guard case .object(let fields) = args else { return [] }
+        var result: [String] = []
+        if case .string(let url)? = fields["url"], !url.isEmpty { result.append(url) }
+        if case .array(let urls)? = fields["urls"] {
+            for case .string(let url) in urls where !result.contains(url) { result.append(url) }
+        }
+        return result
+    }
+}
