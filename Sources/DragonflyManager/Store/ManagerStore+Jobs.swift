@@ -187,6 +187,23 @@ extension ManagerStore {
         return try decode("job_clusters", rows, Self.jobClusterRecord).sorted { $0.id < $1.id }
     }
 
+    /// Returns the RUNNING job-cluster rows `ids` to PENDING (their scheduler's channel closed before they
+    /// finished), so a channel of the same cluster, on any replica, claims them again.
+    package func releaseJobClusters(ids: [Int], now: Date = Date()) async throws(DragonflyError) {
+        guard !ids.isEmpty else { return }
+        let now = StoredDate.forBinding(now)
+        try await database.withDatabase("release job clusters") { database in
+            try await database.update("job_clusters")
+                .set("state", to: JobState.pending.rawValue)
+                .set("claimed_by", to: String?.none)
+                .set("claimed_at", to: Date?.none)
+                .set("updated_at", to: now)
+                .where("state", .equal, JobState.running.rawValue)
+                .where("id", .in, ids)
+                .run()
+        }
+    }
+
     /// Returns to PENDING the RUNNING job-cluster rows claimed before `cutoff` (their replica stopped without
     /// finishing them), so another replica can claim them; returns their IDs, ascending.
     @discardableResult

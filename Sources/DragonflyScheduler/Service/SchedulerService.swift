@@ -160,6 +160,13 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
         return response
     }
 
+    /// The hosts known now: the seed hosts, or the normal ones (what a preheat job targets).
+    package func hosts(seeds: Bool) -> [PeerHost] {
+        state.withLock { state in
+            state.core.registry.hosts.values.filter { $0.isSeed == seeds }.sorted { $0.id < $1.id }
+        }
+    }
+
     // MARK: Tasks and peers
 
     package func statTask(

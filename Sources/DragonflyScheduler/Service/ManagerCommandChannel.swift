@@ -1,0 +1,118 @@
+import DragonflyCore
+import DragonflyProto
+import DragonflyRPC
+import GRPCCore
+package import Logging
+import ServiceLifecycle
+
+/// The scheduler's end of the manager's `CommandChannel` (DESIGN §5): opens it with the scheduler's cluster,
+/// runs the jobs the manager sends (preheat, through ``PreheatExecutor``; at most ``maxConcurrentJobs`` at once)
+/// and streams each result back. Reconnects with backoff (1 s doubling to 30 s) while the manager is away;
+/// a job that was running when the channel broke is sent again by the manager to the next channel.
+package struct ManagerCommandChannel: Service {
+    static let maxConcurrentJobs = 16
+
+    package struct Identity: Sendable {
+        package var clusterID: UInt64
+        package var hostname: String
+        package var ip: String
+        /// The ID the scheduler's registration returned, 0 when unknown.
+        package var schedulerID: UInt64
+
+        package init(clusterID: UInt64, hostname: String, ip: String, schedulerID: UInt64 = 0) {
+            self.clusterID = clusterID
+            self.hostname = hostname
+            self.ip = ip
+            self.schedulerID = schedulerID
+        }
+    }
+
+    private let managerAddress: String
+    private let identity: Identity
+    private let executor: PreheatExecutor
+    private let logger: Logger
+
+    package init(managerAddress: String, identity: Identity, executor: PreheatExecutor, logger: Logger) {
+        self.managerAddress = managerAddress
+        self.identity = identity
+        self.executor = executor
+        self.logger = logger
+    }
+
+    package func run() async throws {
+        var backoff: Duration = .seconds(1)
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            let opened = ContinuousClock.now
+            do {
+                try await cancelWhenGracefulShutdown { try await self.session() }
+            } catch {
+                if Task.isCancelled || Task.isShuttingDownGracefully { break }
+                logger.warning(
+                    "command channel to the manager broke",
+                    metadata: [
+                        "df.manager": "\(managerAddress)", "df.error": "\(DragonflyError(converting: error).message)",
+                    ])
+            }
+            // A channel that stayed up a while starts the backoff over.
+            if ContinuousClock.now - opened > .seconds(60) { backoff = .seconds(1) }
+            let pause = backoff
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
+            backoff = min(backoff * 2, .seconds(30))
+        }
+    }
+
+    /// One channel, until it ends.
+    private func session() async throws {
+        var options = RPCClientOptions.defaults
+        options.defaultTimeout = nil
+        try await withRPCClient(target: managerAddress, options: options, logger: logger) { client in
+            let manager = Dragonfly_V1_Manager.Client(wrapping: client)
+            let (results, sink) = AsyncStream.makeStream(
+                of: Dragonfly_V1_JobResult.self, bufferingPolicy: .bufferingOldest(4 * Self.maxConcurrentJobs))
+            let identity = self.identity
+            let executor = self.executor
+            let logger = self.logger
+            try await manager.commandChannel(
+                requestProducer: { writer in
+                    var start = Dragonfly_V1_CommandChannelStartRequest()
+                    start.schedulerClusterID = identity.clusterID
+                    start.hostname = identity.hostname
+                    start.ip = identity.ip
+                    var first = Dragonfly_V1_CommandChannelRequest()
+                    first.schedulerID = identity.schedulerID
+                    first.start = start
+                    try await writer.write(first)
+                    for await result in results {
+                        var message = Dragonfly_V1_CommandChannelRequest()
+                        message.schedulerID = identity.schedulerID
+                        message.jobResult = result
+                        try await writer.write(message)
+                    }
+                },
+                onResponse: { response in
+                    defer { sink.finish() }
+                    try await withThrowingDiscardingTaskGroup { group in
+                        var running = 0
+                        for try await message in response.messages {
+                            guard case .job(let job)? = message.response else { continue }
+                            if running >= Self.maxConcurrentJobs {
+                                var busy = Dragonfly_V1_JobResult()
+                                busy.jobID = job.id
+                                busy.schedulerClusterID = job.schedulerClusterID
+                                busy.state = .failure
+                                busy.reason = "the scheduler runs \(Self.maxConcurrentJobs) jobs already"
+                                sink.yield(busy)
+                                continue
+                            }
+                            running += 1
+                            logger.info("job received", metadata: ["df.job": "\(job.id)"])
+                            group.addTask {
+                                let result = await executor.run(job)
+                                sink.yield(result)
+                            }
+                        }
+                    }
+                })
+        }
+    }
+}
