@@ -177,6 +177,31 @@ extension ManagerStoreTests {
         }
     }
 
+    @Test(
+        "a renewed claim is not stale; only its replica renews it; a channel's rows can be handed back",
+        arguments: TestBackend.allCases)
+    func renewAndHandBack(backend: TestBackend) async throws {
+        try await withStore(backend) { store, _ in
+            let a = try await store.defaultCluster(.scheduler)
+            _ = try await store.createJob(type: "preheat", args: .emptyObject, schedulerClusterIDs: [a.id])
+            let claimed = try await store.claimJobClusters(
+                replica: "r1", schedulerClusterIDs: [a.id], limit: 5, now: fixedInstant)
+            let later = fixedInstant.addingTimeInterval(100)
+            try await store.renewJobClusterClaims(ids: claimed.map(\.id), replica: "r2", now: later)
+            #expect(
+                try await store.releaseJobClusterClaims(claimedBefore: fixedInstant.addingTimeInterval(50), now: later)
+                    == claimed.map(\.id), "another replica's renewal does not count")
+            let again = try await store.claimJobClusters(
+                replica: "r1", schedulerClusterIDs: [a.id], limit: 5, now: fixedInstant)
+            try await store.renewJobClusterClaims(ids: again.map(\.id), replica: "r1", now: later)
+            #expect(try await store.releaseJobClusterClaims(claimedBefore: fixedInstant.addingTimeInterval(50)).isEmpty)
+
+            try await store.releaseJobClusters(ids: again.map(\.id))
+            let row = try #require(try await store.job(id: again[0].jobID).clusters.first)
+            #expect(row.state == .pending && row.claimedBy == nil)
+        }
+    }
+
     @Test("replicas claiming concurrently never get the same row", arguments: TestBackend.allCases)
     func concurrentClaimsAreDisjoint(backend: TestBackend) async throws {
         try await withDatabaseLocation(backend) { location, _ in

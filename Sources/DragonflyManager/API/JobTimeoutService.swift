@@ -8,7 +8,8 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// Ends every PENDING or RUNNING job whose timeout (`args.timeout` nanoseconds, default 30 minutes) has passed
+/// Hands the job rows of a replica that stopped renewing its claims back to PENDING, and ends every PENDING or
+/// RUNNING job whose timeout (`args.timeout` nanoseconds, default 30 minutes) has passed
 /// as FAILURE, with a failure entry per URL in each unfinished cluster, so that nothing hangs past its timeout.
 /// Safe with several replicas: the update is the same whoever makes it.
 package struct JobTimeoutService: Service {
@@ -25,11 +26,20 @@ package struct JobTimeoutService: Service {
         self.logger = logger
     }
 
+    /// A claim not renewed for this long belongs to a replica that died: its rows go back to PENDING.
+    static let staleClaim: Double = 30
+
     package func run() async throws {
         guard let store = try? await store.ready() else { return }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                try await Self.expire(in: store, now: Date(), logger: logger)
+                let now = Date()
+                let released = try await store.releaseJobClusterClaims(
+                    claimedBefore: now.addingTimeInterval(-Self.staleClaim))
+                if !released.isEmpty {
+                    logger.info("released the job rows of a vanished replica", metadata: ["df.rows": "\(released)"])
+                }
+                try await Self.expire(in: store, now: now, logger: logger)
             } catch {
                 logger.warning("checking job timeouts failed", metadata: ["df.error": "\(error)"])
             }

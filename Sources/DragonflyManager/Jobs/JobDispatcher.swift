@@ -14,7 +14,10 @@ import Foundation
 /// first channel of a cluster on this replica claims that cluster's PENDING job rows (`FOR UPDATE SKIP LOCKED`
 /// on PostgreSQL, so replicas never share a row), turns each into a `Job` (an image preheat is resolved into
 /// its layer blob URLs here) and sends it; the results the scheduler streams back go to the database, where any
-/// replica answers for them. Rows of a channel that closes unfinished go back to PENDING for the next channel.
+/// replica answers for them. Rows of a channel that closes unfinished go back to PENDING for the next channel;
+/// claims are renewed every pass, so the rows of a replica that died are released by the others' timeout
+/// checkers (``JobTimeoutService``) after ``JobTimeoutService/staleClaim`` and claimed where the scheduler
+/// reconnects.
 package final class JobDispatcher: Sendable {
     /// Rows in flight on one channel at most.
     static let maxInFlight = 64
@@ -115,7 +118,9 @@ package final class JobDispatcher: Sendable {
             if channels.owners[clusterID] == nil { channels.owners[clusterID] = channelID }
             return channels.owners[clusterID] == channelID
         }
-        let room = Self.maxInFlight - inFlight.ids.withLock { $0.count }
+        let held = inFlight.ids.withLock { Array($0) }
+        try await store.renewJobClusterClaims(ids: held, replica: replica)
+        let room = Self.maxInFlight - held.count
         guard isOwner, room > 0 else { return }
         let rows = try await store.claimJobClusters(replica: replica, schedulerClusterIDs: [clusterID], limit: room)
         for row in rows {

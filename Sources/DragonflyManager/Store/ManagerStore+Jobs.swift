@@ -187,6 +187,21 @@ extension ManagerStore {
         return try decode("job_clusters", rows, Self.jobClusterRecord).sorted { $0.id < $1.id }
     }
 
+    /// Renews `replica`'s claim on the RUNNING rows `ids` (a heartbeat: claims not renewed for a while belong
+    /// to a replica that died, and ``releaseJobClusterClaims(claimedBefore:now:)`` hands them back).
+    package func renewJobClusterClaims(ids: [Int], replica: String, now: Date = Date()) async throws(DragonflyError) {
+        guard !ids.isEmpty else { return }
+        let now = StoredDate.forBinding(now)
+        try await database.withDatabase("renew job claims") { database in
+            try await database.update("job_clusters")
+                .set("claimed_at", to: now)
+                .where("state", .equal, JobState.running.rawValue)
+                .where("claimed_by", .equal, replica)
+                .where("id", .in, ids)
+                .run()
+        }
+    }
+
     /// Returns the RUNNING job-cluster rows `ids` to PENDING (their scheduler's channel closed before they
     /// finished), so a channel of the same cluster, on any replica, claims them again.
     package func releaseJobClusters(ids: [Int], now: Date = Date()) async throws(DragonflyError) {
