@@ -652,34 +652,21 @@ final class SessionState {
             let clock = ContinuousClock()
             let begin = clock.now
             do {
-                var http = HTTPClientRequest(url: "http://\(parent.pieceDataAddress)/pieces/\(taskID)/\(request.piece)")
-                http.method = .GET
                 let limit = Int(expectedLength ?? pieceLength)
-                // Stalls are the dispatcher's call (no bytes for a time scaled by the piece size), which cancels
-                // this task; the HTTP deadline only bounds a request that trickles forever.
-                let response = try await context.http.execute(http, timeout: .minutes(30))
-                guard response.status == .ok else {
-                    throw DragonflyError(
-                        code: response.status == .tooManyRequests ? .resourceExhausted : .unavailable,
-                        message: "parent \(parent.peerID) answered \(response.status.code) for piece \(request.piece)")
+                // The body is collected on the connection's event loop: no hop to this task per socket read
+                // (with AsyncHTTPClient's async body that hop was a large part of the daemon's CPU). Stalls are
+                // the dispatcher's call (no bytes for a time scaled by the piece size), which cancels this task;
+                // the HTTP deadline only bounds a request that trickles forever.
+                let collector = PieceBodyCollector(limit: limit, piece: request.piece, parent: parent.peerID) {
+                    events.yield(.progressed(request, bytes: max($0, 1)))
                 }
-                var bytes = ByteBuffer()
-                bytes.reserveCapacity(limit)
-                var reported = clock.now
-                var unreported = 0
-                for try await chunk in response.body {
-                    guard bytes.readableBytes + chunk.readableBytes <= limit else {
-                        throw PieceCorrupted(
-                            message: "piece \(request.piece) from \(parent.peerID) is longer than \(limit) bytes")
-                    }
-                    var chunk = chunk
-                    unreported += chunk.readableBytes
-                    bytes.writeBuffer(&chunk)
-                    if clock.now - reported >= .milliseconds(250) {
-                        events.yield(.progressed(request, bytes: max(unreported, 1)))
-                        reported = clock.now
-                        unreported = 0
-                    }
+                let http = try HTTPClient.Request(
+                    url: "http://\(parent.pieceDataAddress)/pieces/\(taskID)/\(request.piece)", method: .GET)
+                let transfer = context.http.execute(request: http, delegate: collector, deadline: .now() + .minutes(30))
+                let bytes = try await withTaskCancellationHandler {
+                    try await transfer.futureResult.get()
+                } onCancel: {
+                    transfer.cancel()
                 }
                 if let expectedLength, Int64(bytes.readableBytes) != expectedLength {
                     throw PieceCorrupted(
@@ -722,4 +709,58 @@ final class SessionState {
 /// A parent's bytes failed verification (wrong digest or length).
 struct PieceCorrupted: Error {
     var message: String
+}
+
+/// Collects one piece's body from a parent's piece server on the connection's event loop (AsyncHTTPClient calls
+/// a delegate serially on one loop, hence `@unchecked Sendable`): fails on a non-200 answer and on a body longer
+/// than the piece, and reports progress at most every 250 ms.
+final class PieceBodyCollector: HTTPClientResponseDelegate, @unchecked Sendable {
+    typealias Response = ByteBuffer
+
+    private let limit: Int
+    private let piece: Int
+    private let parent: String
+    private let onProgress: @Sendable (Int) -> Void
+    private var body = ByteBuffer()
+    private var unreported = 0
+    private var reported = NIODeadline.now()
+
+    init(limit: Int, piece: Int, parent: String, onProgress: @escaping @Sendable (Int) -> Void) {
+        self.limit = limit
+        self.piece = piece
+        self.parent = parent
+        self.onProgress = onProgress
+    }
+
+    func didReceiveHead(task: HTTPClient.Task<ByteBuffer>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        guard head.status == .ok else {
+            return task.eventLoop.makeFailedFuture(
+                DragonflyError(
+                    code: head.status == .tooManyRequests ? .resourceExhausted : .unavailable,
+                    message: "parent \(parent) answered \(head.status.code) for piece \(piece)"))
+        }
+        body.reserveCapacity(limit)
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<ByteBuffer>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        guard body.readableBytes + buffer.readableBytes <= limit else {
+            return task.eventLoop.makeFailedFuture(
+                PieceCorrupted(message: "piece \(piece) from \(parent) is longer than \(limit) bytes"))
+        }
+        var buffer = buffer
+        unreported += buffer.readableBytes
+        body.writeBuffer(&buffer)
+        let now = NIODeadline.now()
+        if now - reported >= .milliseconds(250) {
+            onProgress(unreported)
+            reported = now
+            unreported = 0
+        }
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<ByteBuffer>) throws -> ByteBuffer {
+        body
+    }
 }
