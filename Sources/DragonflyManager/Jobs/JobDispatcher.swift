@@ -92,8 +92,13 @@ package final class JobDispatcher: Sendable {
                     }
                 }
                 while let message = try await iterator.next() {
-                    if case .jobResult(let result)? = message.request {
+                    switch message.request {
+                    case .jobResult(let result)?:
                         try await record(result, store: store, clusterID: clusterID, inFlight: inFlight)
+                    case .hostsReport(let report)?:
+                        try await recordHosts(report, store: store, clusterID: clusterID)
+                    default:
+                        continue
                     }
                 }
                 group.cancelAll()
@@ -201,6 +206,27 @@ package final class JobDispatcher: Sendable {
         message.createdAt = Google_Protobuf_Timestamp(date: job.createdAt)
         message.preheat = preheat
         return message
+    }
+
+    /// Hosts read from one report at most.
+    static let maxReportedHosts = 10_000
+
+    /// Upserts the hosts a scheduler reported; a full report also drops the cluster's hosts it does not list.
+    private func recordHosts(_ report: Dragonfly_V1_HostsReport, store: ManagerStore, clusterID: Int) async throws {
+        var listed = Set<String>()
+        for host in report.hosts.prefix(Self.maxReportedHosts) where !host.id.isEmpty {
+            listed.insert(host.id)
+            try await store.upsertHost(
+                HostReport(
+                    hostID: host.id, hostname: host.hostname, ip: host.ip, port: Int(host.port),
+                    downloadPort: Int(host.pieceDataPort), type: host.type == .super ? "super" : "normal",
+                    idc: host.idc, location: host.location, schedulerClusterID: clusterID))
+        }
+        for host in report.leftHostIds { try await store.deleteHost(hostID: host) }
+        guard report.isFull, report.hosts.count <= Self.maxReportedHosts else { return }
+        for host in try await store.hosts(schedulerClusterID: clusterID) where !listed.contains(host.hostID) {
+            try await store.deleteHost(hostID: host.hostID)
+        }
     }
 
     /// Stores a cluster's result; once every cluster of the job finished, the job is SUCCESS when all of them

@@ -1,5 +1,5 @@
 import DragonflyCore
-import DragonflyProto
+package import DragonflyProto
 import DragonflyRPC
 import GRPCCore
 package import Logging
@@ -7,7 +7,7 @@ import ServiceLifecycle
 
 /// The scheduler's end of the manager's `CommandChannel` (DESIGN §5): opens it with the scheduler's cluster,
 /// runs the jobs the manager sends (preheat, through ``PreheatExecutor``; at most ``maxConcurrentJobs`` at once)
-/// and streams each result back. Reconnects with backoff (1 s doubling to 30 s) while the manager is away;
+/// and streams each result back, with a full report of the hosts it knows every minute. Reconnects with backoff (1 s doubling to 30 s) while the manager is away;
 /// a job that was running when the channel broke is sent again by the manager to the next channel.
 package struct ManagerCommandChannel: Service {
     static let maxConcurrentJobs = 16
@@ -27,15 +27,32 @@ package struct ManagerCommandChannel: Service {
         }
     }
 
+    /// Hosts sent in one report at most.
+    static let maxReportedHosts = 10_000
+
     private let managerAddress: String
     private let identity: Identity
     private let executor: PreheatExecutor
+    private let hosts: @Sendable () -> [Dragonfly_V1_Host]
+    private let hostsReportInterval: Duration
     private let logger: Logger
 
-    package init(managerAddress: String, identity: Identity, executor: PreheatExecutor, logger: Logger) {
+    /// - Parameters:
+    ///   - hosts: The hosts this scheduler knows, reported in full when the channel opens and every
+    ///     `hostsReportInterval` (the manager's host list, `GET /api/v1/hosts`).
+    package init(
+        managerAddress: String,
+        identity: Identity,
+        executor: PreheatExecutor,
+        hosts: @escaping @Sendable () -> [Dragonfly_V1_Host],
+        hostsReportInterval: Duration = .seconds(60),
+        logger: Logger
+    ) {
         self.managerAddress = managerAddress
         self.identity = identity
         self.executor = executor
+        self.hosts = hosts
+        self.hostsReportInterval = hostsReportInterval
         self.logger = logger
     }
 
@@ -67,11 +84,14 @@ package struct ManagerCommandChannel: Service {
         options.defaultTimeout = nil
         try await withRPCClient(target: managerAddress, options: options, logger: logger) { client in
             let manager = Dragonfly_V1_Manager.Client(wrapping: client)
-            let (results, sink) = AsyncStream.makeStream(
-                of: Dragonfly_V1_JobResult.self, bufferingPolicy: .bufferingOldest(4 * Self.maxConcurrentJobs))
+            let (outgoing, sink) = AsyncStream.makeStream(
+                of: Dragonfly_V1_CommandChannelRequest.OneOf_Request.self,
+                bufferingPolicy: .bufferingOldest(4 * Self.maxConcurrentJobs))
             let identity = self.identity
             let executor = self.executor
             let logger = self.logger
+            let hosts = self.hosts
+            let hostsReportInterval = self.hostsReportInterval
             try await manager.commandChannel(
                 requestProducer: { writer in
                     var start = Dragonfly_V1_CommandChannelStartRequest()
@@ -82,16 +102,25 @@ package struct ManagerCommandChannel: Service {
                     first.schedulerID = identity.schedulerID
                     first.start = start
                     try await writer.write(first)
-                    for await result in results {
+                    for await request in outgoing {
                         var message = Dragonfly_V1_CommandChannelRequest()
                         message.schedulerID = identity.schedulerID
-                        message.jobResult = result
+                        message.request = request
                         try await writer.write(message)
                     }
                 },
                 onResponse: { response in
                     defer { sink.finish() }
                     try await withThrowingDiscardingTaskGroup { group in
+                        group.addTask {
+                            while !Task.isCancelled {
+                                var report = Dragonfly_V1_HostsReport()
+                                report.hosts = Array(hosts().prefix(Self.maxReportedHosts))
+                                report.isFull = true
+                                sink.yield(.hostsReport(report))
+                                try? await Task.sleep(for: hostsReportInterval)
+                            }
+                        }
                         var running = 0
                         for try await message in response.messages {
                             guard case .job(let job)? = message.response else { continue }
@@ -101,16 +130,17 @@ package struct ManagerCommandChannel: Service {
                                 busy.schedulerClusterID = job.schedulerClusterID
                                 busy.state = .failure
                                 busy.reason = "the scheduler runs \(Self.maxConcurrentJobs) jobs already"
-                                sink.yield(busy)
+                                sink.yield(.jobResult(busy))
                                 continue
                             }
                             running += 1
                             logger.info("job received", metadata: ["df.job": "\(job.id)"])
                             group.addTask {
                                 let result = await executor.run(job)
-                                sink.yield(result)
+                                sink.yield(.jobResult(result))
                             }
                         }
+                        group.cancelAll()
                     }
                 })
         }

@@ -167,6 +167,13 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
         }
     }
 
+    /// Every host known now, as the manager's host report carries them.
+    package func reportedHosts() -> [Dragonfly_V1_Host] {
+        let hosts = state.withLock { state in Array(state.core.registry.hosts.values) }
+        let clock = WallClock()
+        return hosts.sorted { $0.id < $1.id }.map { SchedulerConversions.protoHost($0, clock: clock) }
+    }
+
     // MARK: Tasks and peers
 
     package func statTask(
