@@ -181,6 +181,7 @@ let package = Package(
                 .product(name: "SQLiteKit", package: "sqlite-kit"),
                 .product(name: "PostgresKit", package: "postgres-kit"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -316,7 +317,11 @@ let package = Package(
         ),
         .testTarget(
             name: "DragonflyManagerTests",
-            dependencies: ["DragonflyManager", "DragonflyCore", "DragonflyTestSupport"],
+            dependencies: [
+                "DragonflyManager", "DragonflyCore", "DragonflyTestSupport", "DragonflyProto", "DragonflyRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -350,7 +355,8 @@ let package = Package(
         .testTarget(
             name: "DragonflyIntegrationTests",
             dependencies: [
-                "DragonflyTestSupport", "DragonflyCore", "DragonflyStorage",
+                "DragonflyTestSupport", "DragonflyCore", "DragonflyStorage", "DragonflyProto", "DragonflyRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

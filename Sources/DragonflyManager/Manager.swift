@@ -5,7 +5,7 @@ package import Logging
 import ServiceLifecycle
 
 /// Builds the services of `dragonfly manager`: the REST/console listener (with `/healthy` and `/metrics`) and
-/// the gRPC Manager service, over the store (SQLite in the data dir, or PostgreSQL), migrated at start. Takes
+/// the gRPC Manager service with the keep-alive expiry sweep, over the store (SQLite in the data dir, or PostgreSQL), migrated at start. Takes
 /// the data-dir lock first, so a second manager on the same dir exits 1.
 package func makeManagerServices(
     config: ManagerConfig,
@@ -20,10 +20,13 @@ package func makeManagerServices(
     var listeners = [http.listener]
     let grpc = try GRPCServerService(
         address: .tcp(host: config.grpcListen.host, port: config.grpcListen.port),
-        services: [],
+        services: [ManagerService(store: { try await store.ready() }, logger: logger)],
         logger: logger
     )
     services.append(.init(service: grpc))
+    services.append(
+        .init(
+            service: MemberExpiryService(store: { try await store.ready() }, config: config.keepAlive, logger: logger)))
     listeners.append(grpc.listener)
     return RoleServices(
         role: "manager",
