@@ -138,9 +138,9 @@ struct ManagerDiscoveryTests {
     @Test func aDaemonStartedWhileTheManagerIsDownUsesItsSavedList() async throws {
         try await withNginxOrigin { origin in
             try await withTemporaryDirectory { dir in
-                let first = try origin.writeFile("first.bin", contents: [UInt8](repeating: 7, count: 3 << 20))
-                let second = try origin.writeFile("second.bin", contents: [UInt8](repeating: 9, count: 3 << 20))
-                _ = (first, second)
+                _ = try origin.writeFile("first.bin", contents: [UInt8](repeating: 7, count: 3 << 20))
+                _ = try origin.writeFile("second.bin", contents: [UInt8](repeating: 9, count: 3 << 20))
+                try dir.makeDirectory("out")
                 let port = try freeLoopbackPort()
                 let managerAddress = "127.0.0.1:\(port)"
                 let daemonDirectory = try dir.makeDirectory("daemon")
@@ -188,6 +188,51 @@ struct ManagerDiscoveryTests {
                             #expect(
                                 try await metricTotal(registrations, at: schedulerMetrics) > before,
                                 "the second download registered with the saved scheduler\n\(daemon.stderrText())")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func aCdnRegistersAsASeedPeerOfItsSchedulersCluster() async throws {
+        try await withTemporaryDirectory { dir in
+            try await withDragonfly(RoleArguments.manager(dataDirectory: dir.appending("manager"))) { manager in
+                let managerAddress = try #require(
+                    try await manager.awaitReady(timeLimit: .seconds(60)).listeners["grpc"])
+                try await withDragonfly(RoleArguments.scheduler(manager: managerAddress)) { scheduler in
+                    let schedulerAddress = try #require(
+                        try await scheduler.awaitReady(timeLimit: .seconds(60)).listeners["grpc"])
+                    let cdnDirectory = try dir.makeDirectory("cdn")
+                    let arguments = RoleArguments.daemon(role: "cdn", directory: cdnDirectory, manager: managerAddress)
+                    try await withDragonfly(arguments) { cdn in
+                        let cdnReady = try await cdn.awaitReady(timeLimit: .seconds(60))
+                        let peerPort = try #require(cdnReady.port(of: "peer"))
+                        let piecePort = try #require(cdnReady.port(of: "piece"))
+                        try await Self.withManagerClient(managerAddress) { client in
+                            func seedPeers() async throws -> [Dragonfly_V1_SeedPeerInfo] {
+                                var request = Dragonfly_V1_ListSchedulersRequest()
+                                request.ip = "127.0.0.1"
+                                let schedulers = try await client.listSchedulers(request).schedulers
+                                return schedulers.first?.seedPeers ?? []
+                            }
+                            try await poll(timeLimit: .seconds(30), description: "the cdn listed as a seed peer") {
+                                try await seedPeers().map(\.port) == [UInt32(peerPort)]
+                            }
+                            let seed = try #require(try await seedPeers().first)
+                            #expect(seed.pieceDataPort == UInt32(piecePort) && seed.type == .super)
+                            // The cdn found its scheduler through the manager too.
+                            let saved = RoleArguments.dataDirectory(in: cdnDirectory) + "/schedulers.json"
+                            try await poll(timeLimit: .seconds(30), description: "the cdn's saved scheduler list") {
+                                (try? String(contentsOfFile: saved, encoding: .utf8))?.contains(schedulerAddress)
+                                    ?? false
+                            }
+                            // A graceful stop ends its keep-alive stream: no longer a seed peer.
+                            try cdn.signal(.terminate)
+                            #expect(try await cdn.waitForExit(timeLimit: .seconds(10)) == .exited(0))
+                            try await poll(timeLimit: .seconds(15), description: "the stopped cdn unlisted") {
+                                try await seedPeers().isEmpty
+                            }
                         }
                     }
                 }
