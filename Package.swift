@@ -181,11 +181,11 @@ let package = Package(
                 .product(name: "SQLiteKit", package: "sqlite-kit"),
                 .product(name: "PostgresKit", package: "postgres-kit"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -324,7 +324,8 @@ let package = Package(
         .testTarget(
             name: "DragonflyManagerTests",
             dependencies: [
-                "DragonflyManager", "DragonflyCore", "DragonflyTestSupport",
+                "DragonflyManager", "DragonflyCore", "DragonflyTestSupport", "DragonflyProto", "DragonflyRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -361,7 +362,8 @@ let package = Package(
         .testTarget(
             name: "DragonflyIntegrationTests",
             dependencies: [
-                "DragonflyTestSupport", "DragonflyCore", "DragonflyStorage",
+                "DragonflyTestSupport", "DragonflyCore", "DragonflyStorage", "DragonflyProto", "DragonflyRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

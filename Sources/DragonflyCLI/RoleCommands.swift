@@ -122,7 +122,7 @@ struct DaemonOptions: ParsableArguments {
                 !$0.isEmpty
             }
         }
-        if let manager { config.scheduler.manager = manager }
+        if let manager { config.manager.address = manager }
         if let idc { config.host.idc = idc }
         if let location { config.host.location = location }
         if let advertiseIP { config.host.advertiseIP = advertiseIP }

@@ -88,6 +88,15 @@ package func makeDaemonServices(
         .init(service: StorageGCService(store: store, interval: config.storage.gcInterval.duration, logger: logger)),
         .init(service: ConductorShutdown(conductor: conductor)),
     ]
+    if !config.manager.address.isEmpty {
+        let discovery = try ManagerDiscovery(
+            config: config, dataDirectory: dataDirectory, pool: schedulers, identity: identity, logger: logger)
+        services.append(.init(service: discovery))
+        if mode == .seed {
+            services.append(
+                .init(service: try makeSeedPeerMembership(config: config, identity: identity, logger: logger)))
+        }
+    }
     if config.idleExit.duration > .zero {
         services.append(
             .init(

@@ -1,11 +1,20 @@
+import AsyncHTTPClient
 package import DragonflyCore
 import DragonflyRPC
 package import DragonflyTelemetry
 package import Logging
 import ServiceLifecycle
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 /// Builds the services of `dragonfly manager`: the HTTP listener (`/healthy`, `/metrics`, the REST API
-/// `/api/v1` and the open API `/oapi/v1`), the job timeout checker and the gRPC Manager service, over the store (SQLite in the data dir, or PostgreSQL), migrated at start. Takes
+/// `/api/v1` and the open API `/oapi/v1`), the job timeout checker, the gRPC Manager service (registration,
+/// keep-alive, scheduler search, the schedulers' command channels) with the keep-alive expiry sweep, over the
+/// store (SQLite in the data dir, or PostgreSQL), migrated at start. Takes
 /// the data-dir lock first, so a second manager on the same dir exits 1.
 package func makeManagerServices(
     config: ManagerConfig,
@@ -25,12 +34,17 @@ package func makeManagerServices(
         .init(service: store), .init(service: http), .init(service: timeouts),
     ]
     var listeners = [http.listener]
+    let dispatcher = JobDispatcher(
+        store: store, replica: replicaName(), resolver: ImageManifestResolver(client: .shared), logger: logger)
     let grpc = try GRPCServerService(
         address: .tcp(host: config.grpcListen.host, port: config.grpcListen.port),
-        services: [],
+        services: [ManagerService(store: { try await store.ready() }, dispatcher: dispatcher, logger: logger)],
         logger: logger
     )
     services.append(.init(service: grpc))
+    services.append(
+        .init(
+            service: MemberExpiryService(store: { try await store.ready() }, config: config.keepAlive, logger: logger)))
     listeners.append(grpc.listener)
     return RoleServices(
         role: "manager",
@@ -42,4 +56,9 @@ package func makeManagerServices(
         },
         retained: [lock]
     )
+}
+
+/// This replica's name in job claims: host name, process ID and a random suffix (unique across restarts).
+private func replicaName() -> String {
+    "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt32.random(in: 0 ... .max))"
 }

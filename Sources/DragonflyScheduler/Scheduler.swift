@@ -4,7 +4,9 @@ package import DragonflyTelemetry
 package import Logging
 import ServiceLifecycle
 
-/// Builds the services of `dragonfly scheduler`: the gRPC Scheduler service and the metrics listener.
+/// Builds the services of `dragonfly scheduler`: the gRPC Scheduler service, the metrics listener and, with
+/// `--manager`, the registration with the manager (ready once the manager acknowledged it, or after 10 s) and
+/// the manager's command channel (preheat jobs, host reports).
 package func makeSchedulerServices(
     config: SchedulerConfig,
     registry: PluginRegistry,
@@ -27,5 +29,37 @@ package func makeSchedulerServices(
     listeners.append(grpc.listener)
     // After the server in the group, so it stops first on shutdown.
     services.append(.init(service: scheduler.makeMaintenanceService()))
-    return RoleServices(role: "scheduler", services: services, listeners: listeners)
+    guard let membership = try makeSchedulerMembership(config: config, grpcListener: grpc.listener, logger: logger)
+    else {
+        return RoleServices(role: "scheduler", services: services, listeners: listeners)
+    }
+    // Before the server in the group, so it leaves the manager (ending its keep-alive stream) after the server
+    // stopped taking work.
+    services.insert(.init(service: membership), at: 0)
+    // The jobs the manager sends (preheat) run against the hosts this scheduler knows.
+    let commands = ManagerCommandChannel(
+        managerAddress: config.manager.address,
+        identity: .init(
+            clusterID: UInt64(max(config.manager.schedulerClusterID, 0)),
+            hostname: config.hostname.isEmpty ? HostNetwork.systemHostname() : config.hostname,
+            ip: config.advertiseIP),
+        executor: PreheatExecutor(hosts: { scheduler.hosts(seeds: $0) }, logger: logger),
+        hosts: { scheduler.reportedHosts() },
+        logger: logger)
+    services.insert(.init(service: commands), at: 0)
+    return RoleServices(
+        role: "scheduler",
+        services: services,
+        listeners: listeners,
+        readiness: {
+            if !(await membership.waitUntilRegistered(timeLimit: schedulerReadyTimeLimit)) {
+                logger.warning(
+                    "the manager has not acknowledged the registration yet; ready anyway, still retrying",
+                    metadata: ["df.manager": "\(config.manager.address)"])
+            }
+        }
+    )
 }
+
+/// How long start-up waits for the manager's registration before the scheduler becomes ready anyway (DESIGN §15).
+let schedulerReadyTimeLimit: Duration = .seconds(10)

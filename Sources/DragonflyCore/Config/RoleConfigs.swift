@@ -36,12 +36,23 @@ package struct DaemonConfig: RoleConfiguration {
     package struct SchedulerClientConfig: Codable, Sendable, Equatable {
         /// Scheduler gRPC addresses `host:port`; the task ID picks one by consistent hashing.
         package var addresses: [String] = []
-        /// Manager gRPC address that supplies the scheduler list; empty means none.
-        package var manager: String = ""
         /// How often the host is announced to its scheduler.
         package var announceInterval: ConfigDuration = .seconds(30)
         /// How long start-up waits for a scheduler before becoming ready anyway.
         package var readyTimeout: ConfigDuration = .seconds(10)
+        package init() {}
+    }
+
+    /// The manager that supplies the scheduler list (and, for the cdn, keeps the seed peer registered).
+    package struct ManagerClientConfig: Codable, Sendable, Equatable {
+        /// Manager gRPC address `host:port`; empty means none (the static `scheduler.addresses` are used).
+        package var address: String = ""
+        /// How often the scheduler list is asked again (every 2 s while it is empty).
+        package var refreshInterval: ConfigDuration = .seconds(60)
+        /// Keep-alive period of the cdn's seed-peer registration.
+        package var keepAliveInterval: ConfigDuration = .seconds(5)
+        /// Seed-peer cluster the cdn joins; 0 means the default one.
+        package var seedPeerClusterID: Int = 0
         package init() {}
     }
 
@@ -102,6 +113,7 @@ package struct DaemonConfig: RoleConfiguration {
     package var host = HostConfig()
     package var listen = ListenConfig()
     package var scheduler = SchedulerClientConfig()
+    package var manager = ManagerClientConfig()
     package var download = DownloadConfig()
     package var upload = UploadConfig()
     package var storage = StorageConfig()
@@ -122,8 +134,11 @@ package struct DaemonConfig: RoleConfiguration {
             )
         }
         try v.require(
-            scheduler.manager.isEmpty || ListenAddress(parsing: scheduler.manager) != nil, "scheduler.manager",
-            "'\(scheduler.manager)' is not host:port")
+            manager.address.isEmpty || ListenAddress(parsing: manager.address) != nil, "manager.address",
+            "'\(manager.address)' is not host:port")
+        try v.require(manager.refreshInterval.milliseconds > 0, "manager.refreshInterval", "must be positive")
+        try v.require(manager.keepAliveInterval.milliseconds > 0, "manager.keepAliveInterval", "must be positive")
+        try v.require(manager.seedPeerClusterID >= 0, "manager.seedPeerClusterID", "must be 0 (default) or an ID")
         try v.require(scheduler.announceInterval.milliseconds > 0, "scheduler.announceInterval", "must be positive")
         try v.require((1...1024).contains(download.concurrentPieces), "download.concurrentPieces", "must be 1-1024")
         try v.require((1...64).contains(download.originConnections), "download.originConnections", "must be 1-64")
@@ -151,6 +166,8 @@ package struct SchedulerConfig: RoleConfiguration {
         package var address: String = ""
         /// Keep-alive period towards the manager.
         package var keepAliveInterval: ConfigDuration = .seconds(5)
+        /// Scheduler cluster to join; 0 means the manager's default cluster.
+        package var schedulerClusterID: Int = 0
         package init() {}
     }
 
@@ -209,6 +226,12 @@ package struct SchedulerConfig: RoleConfiguration {
     package var metricsListen = ListenAddress(host: "0.0.0.0", port: 8000)
     /// IP announced to the manager; empty means the gRPC listener's address.
     package var advertiseIP: String = ""
+    /// Host name registered with the manager; empty means the system host name.
+    package var hostname: String = ""
+    /// Data-centre tag registered with the manager.
+    package var idc: String = ""
+    /// Location `a|b|c` registered with the manager.
+    package var location: String = ""
     package var manager = ManagerClientConfig()
     /// Seed peer (cdn) peer-service addresses known without the manager.
     package var seedPeers: [String] = []
@@ -222,6 +245,12 @@ package struct SchedulerConfig: RoleConfiguration {
         try v.require(
             manager.address.isEmpty || ListenAddress(parsing: manager.address) != nil, "manager.address",
             "'\(manager.address)' is not host:port")
+        try v.require(manager.keepAliveInterval.milliseconds > 0, "manager.keepAliveInterval", "must be positive")
+        try v.require(manager.schedulerClusterID >= 0, "manager.schedulerClusterID", "must be 0 (default) or an ID")
+        try v.require(
+            location.isEmpty
+                || !location.split(separator: "|", omittingEmptySubsequences: false).contains(where: \.isEmpty),
+            "location", "'\(location)' must be of the form a|b|c")
         for (index, address) in seedPeers.enumerated() {
             try v.require(
                 ListenAddress(parsing: address) != nil, "seedPeers[\(index)]", "'\(address)' is not host:port")

@@ -11,17 +11,29 @@ import Synchronization
 /// picks a task's scheduler, and the periodic `AnnounceHost` (DESIGN §5, §6 step 3, §15 readiness).
 ///
 /// Run it as a `Service`: it runs the clients' connections, announces the host every
-/// `scheduler.announceInterval` to every scheduler, and on shutdown tells them the host leaves.
+/// `scheduler.announceInterval` to every scheduler, and on shutdown tells them the host leaves. The addresses
+/// start as `--scheduler`'s and may be replaced while it runs (``update(addresses:)``: the manager's list);
+/// clients of removed schedulers finish their calls and close.
 package final class SchedulerPool: Service, Sendable {
     package typealias Client = Dragonfly_V1_Scheduler.Client<RPCClientTransport>
 
-    package let ring: SchedulerRing
+    /// Most schedulers one daemon talks to at once; a longer list keeps its first ones.
+    package static let maxSchedulers = 64
+
+    private struct Members {
+        var ring: SchedulerRing
+        var clients: [String: RPCClient]
+        var isStopped = false
+    }
+
+    private let members: Mutex<Members>
+    private let started: AsyncStream<RPCClient>
+    private let startClient: AsyncStream<RPCClient>.Continuation
     private let identity: Published<HostIdentity>
     private let announceInterval: Duration
     private let readyTimeout: Duration
     private let logger: Logger
-    private let clients: [String: RPCClient]
-    private let firstAcknowledged = Published<Void>()
+    private let firstAcknowledged = Mutex(false)
     private let uploadSlotsUsed: @Sendable () -> Int
 
     /// - Parameters:
@@ -34,75 +46,145 @@ package final class SchedulerPool: Service, Sendable {
         uploadSlotsUsed: @escaping @Sendable () -> Int,
         logger: Logger
     ) throws(DragonflyError) {
-        ring = SchedulerRing(addresses: addresses)
         self.identity = identity
         announceInterval = config.scheduler.announceInterval.duration
         readyTimeout = config.scheduler.readyTimeout.duration
         self.logger = logger
         self.uploadSlotsUsed = uploadSlotsUsed
+        (started, startClient) = AsyncStream.makeStream(of: RPCClient.self)
+        let ring = SchedulerRing(addresses: Array(addresses.prefix(Self.maxSchedulers)))
         var clients: [String: RPCClient] = [:]
         for address in ring.addresses {
-            clients[address] = try makeRPCClient(
-                target: address, options: RPCClientOptions(defaultTimeout: .seconds(30)), logger: logger)
+            let client = try Self.makeClient(address, logger: logger)
+            clients[address] = client
+            startClient.yield(client)
         }
-        self.clients = clients
-        if ring.addresses.isEmpty { firstAcknowledged.publish(()) }
+        members = Mutex(Members(ring: ring, clients: clients))
     }
 
-    /// Whether any scheduler is configured.
+    private static func makeClient(_ address: String, logger: Logger) throws(DragonflyError) -> RPCClient {
+        try makeRPCClient(target: address, options: RPCClientOptions(defaultTimeout: .seconds(30)), logger: logger)
+    }
+
+    /// The consistent-hash ring over the current schedulers.
+    package var ring: SchedulerRing { members.withLock { $0.ring } }
+
+    /// Whether no scheduler is known right now.
     package var isEmpty: Bool { ring.addresses.isEmpty }
+
+    /// Replaces the schedulers with `addresses` (at most ``maxSchedulers``; duplicates and order do not
+    /// matter) and returns whether anything changed. Addresses that fail to parse are skipped and logged.
+    @discardableResult
+    package func update(addresses: [String]) -> Bool {
+        var valid: [String] = []
+        for address in addresses where valid.count < Self.maxSchedulers {
+            if (try? RPCAddress(parsing: address)) != nil {
+                valid.append(address)
+            } else {
+                logger.warning("ignoring a malformed scheduler address", metadata: ["df.scheduler": "\(address)"])
+            }
+        }
+        let ring = SchedulerRing(addresses: valid)
+        let change: (removed: [RPCClient], added: [RPCClient])? = members.withLock { members in
+            guard !members.isStopped, members.ring != ring else { return nil }
+            var removed: [RPCClient] = []
+            var added: [RPCClient] = []
+            var clients: [String: RPCClient] = [:]
+            for address in ring.addresses {
+                if let client = members.clients[address] {
+                    clients[address] = client
+                } else if let client = try? Self.makeClient(address, logger: logger) {
+                    clients[address] = client
+                    added.append(client)
+                }
+            }
+            for (address, client) in members.clients where clients[address] == nil { removed.append(client) }
+            members.ring = SchedulerRing(addresses: Array(clients.keys))
+            members.clients = clients
+            return (removed, added)
+        }
+        guard let change else { return false }
+        for client in change.added { startClient.yield(client) }
+        for client in change.removed { client.beginGracefulShutdown() }
+        logger.debug("scheduler list changed", metadata: ["df.schedulers": "\(ring.addresses.joined(separator: ","))"])
+        return true
+    }
 
     /// The schedulers to try for `taskID`, owner first.
     package func candidates(for taskID: TaskID) -> [(address: String, client: Client)] {
-        ring.candidates(for: taskID.rawValue).compactMap { address in
-            clients[address].map { (address, Client(wrapping: $0)) }
+        members.withLock { members in
+            members.ring.candidates(for: taskID.rawValue).compactMap { address in
+                members.clients[address].map { (address, Client(wrapping: $0)) }
+            }
         }
     }
 
     /// Waits until a scheduler acknowledged the first `AnnounceHost`, at most `scheduler.readyTimeout` (then
     /// logs a warning and returns: the role becomes ready anyway and keeps retrying).
     package func waitUntilAnnounced() async {
-        let acknowledged = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { [firstAcknowledged] in
-                (try? await firstAcknowledged.value()) != nil
+        let deadline = ContinuousClock.now.advanced(by: readyTimeout)
+        while !firstAcknowledged.withLock({ $0 }) && !isEmptyWithoutDiscovery {
+            guard ContinuousClock.now < deadline, !Task.isCancelled else {
+                logger.warning(
+                    "no scheduler acknowledged AnnounceHost yet; ready anyway, still retrying",
+                    metadata: ["df.schedulers": "\(ring.addresses.joined(separator: ","))"])
+                return
             }
-            group.addTask { [readyTimeout] in
-                try? await Task.sleep(for: readyTimeout)
-                return false
-            }
-            let first = await group.next() ?? false
-            group.cancelAll()
-            return first
-        }
-        if !acknowledged {
-            logger.warning(
-                "no scheduler acknowledged AnnounceHost yet; ready anyway, still retrying",
-                metadata: ["df.schedulers": "\(ring.addresses.joined(separator: ","))"])
+            try? await Task.sleep(for: .milliseconds(50))
         }
     }
 
+    /// Set when the schedulers come from the manager: an empty list then means "not known yet".
+    private let awaitsDiscovery = Mutex(false)
+
+    /// Tells the pool that a scheduler list is expected (the manager): ``waitUntilAnnounced()`` then waits even
+    /// while the list is empty.
+    package func expectDiscovery() { awaitsDiscovery.withLock { $0 = true } }
+
+    private var isEmptyWithoutDiscovery: Bool { isEmpty && !awaitsDiscovery.withLock { $0 } }
+
     package func run() async throws {
-        guard !clients.isEmpty else {
-            try? await gracefulShutdown()
-            return
-        }
         try await withThrowingDiscardingTaskGroup { group in
-            for client in clients.values {
-                group.addTask { try await client.runConnections() }
+            group.addTask { [started, logger] in
+                await withDiscardingTaskGroup { clients in
+                    for await client in started {
+                        clients.addTask {
+                            do {
+                                try await client.runConnections()
+                            } catch {
+                                logger.debug("scheduler client stopped", metadata: ["df.error": "\(error)"])
+                            }
+                        }
+                    }
+                }
             }
             group.addTask { await self.announceLoop() }
             try? await gracefulShutdown()
             await leaveAll()
-            for client in clients.values { client.beginGracefulShutdown() }
+            let clients = members.withLock { members in
+                members.isStopped = true
+                return Array(members.clients.values)
+            }
+            startClient.finish()
+            for client in clients { client.beginGracefulShutdown() }
         }
     }
 
     private func announceLoop() async {
         guard let identity = try? await identity.value() else { return }
         var acknowledged: Set<String> = []
+        var lastFullRound: ContinuousClock.Instant?
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            let clients = members.withLock { $0.clients }
+            acknowledged.formIntersection(clients.keys)
+            // Every announce interval to every scheduler; in between, every second to those that have not
+            // answered yet (new ones from the manager, or ones that are down: DESIGN §15 "retry every second").
+            let now = ContinuousClock.now
+            let isFullRound = lastFullRound.map { $0.duration(to: now) >= announceInterval } ?? true
+            if isFullRound { lastFullRound = now }
+            let due = clients.filter { isFullRound || !acknowledged.contains($0.key) }
             await withTaskGroup(of: (String, Bool).self) { group in
-                for (address, client) in clients {
+                for (address, client) in due {
                     group.addTask { [self] in
                         var request = Dragonfly_V1_AnnounceHostRequest()
                         request.host = identity.hostMessage(uploadSlotsUsed: uploadSlotsUsed(), maxTxBandwidth: 0)
@@ -123,20 +205,19 @@ package final class SchedulerPool: Service, Sendable {
                             logger.debug(
                                 "scheduler acknowledged AnnounceHost", metadata: ["df.scheduler": "\(address)"])
                         }
-                        firstAcknowledged.publish(())
+                        firstAcknowledged.withLock { $0 = true }
                     } else if acknowledged.remove(address) != nil || acknowledged.isEmpty {
                         logger.debug("AnnounceHost failed", metadata: ["df.scheduler": "\(address)"])
                     }
                 }
             }
-            // Until one scheduler answered, retry every second (DESIGN §15); then every announce interval.
-            let pause = acknowledged.isEmpty ? Duration.seconds(1) : announceInterval
-            try? await Task.sleep(for: pause)
+            try? await Task.sleep(for: min(.seconds(1), announceInterval))
         }
     }
 
     private func leaveAll() async {
         guard let identity = identity.current else { return }
+        let clients = members.withLock { $0.clients }
         await withTaskGroup(of: Void.self) { group in
             for client in clients.values {
                 group.addTask {

@@ -104,6 +104,30 @@ extension ManagerStore {
         return ids.sorted()
     }
 
+    /// Marks one member inactive unless a keep-alive later than `lastKeepAliveAt` was recorded since (by another
+    /// stream, e.g. after the member reconnected to another replica); returns whether the row changed.
+    @discardableResult
+    package func markInactive(
+        _ kind: ClusterKind,
+        id: Int,
+        unlessKeptAliveAfter lastKeepAliveAt: Date,
+        now: Date = Date()
+    ) async throws(DragonflyError) -> Bool {
+        let now = StoredDate.forBinding(now)
+        let cutoff = StoredDate.forBinding(lastKeepAliveAt)
+        let changed = try await database.withDatabase("mark a \(kind.memberName) inactive") { database in
+            try await database.update(kind.memberTable)
+                .set("state", to: MemberState.inactive.rawValue)
+                .set("updated_at", to: now)
+                .where("id", .equal, id)
+                .where("state", .equal, MemberState.active.rawValue)
+                .where("last_keep_alive_at", .lessThanOrEqual, cutoff)
+                .returning("id")
+                .first()
+        }
+        return changed != nil
+    }
+
     /// The member of `kind` with `id`; `notFound` when there is none.
     package func member(_ kind: ClusterKind, id: Int) async throws(DragonflyError) -> MemberRecord {
         let row = try await database.withDatabase("read a \(kind.memberName)") { database in

@@ -1,0 +1,109 @@
+import DragonflyCore
+import DragonflyTestSupport
+import Foundation
+import NIOHTTP1
+import Testing
+
+/// Preheat jobs end to end (DESIGN §10): a real manager, scheduler, cdn and daemons, a real nginx origin; the job
+/// goes through the open API, the manager's command channel and the scheduler, and lands in the hosts' caches.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct PreheatJobTests {
+    static let rootPassword = "root-password-for-tests"
+
+    /// Runs a manager (SQLite) and a P2P cluster whose scheduler registers with it.
+    func withManagedCluster(
+        seeds: Int,
+        daemons: Int,
+        _ body: (ManagerAPIClient, String, P2PCluster) async throws -> Void
+    ) async throws {
+        try await withTemporaryDirectory { dir in
+            let arguments = [
+                "manager", "--data-dir", dir.appending("manager"), "--listen", "127.0.0.1:0", "--grpc-listen",
+                "127.0.0.1:0",
+            ]
+            try await withDragonfly(arguments, environment: ["DRAGONFLY_INITIAL_ROOT_PASSWORD": Self.rootPassword]) {
+                manager in
+                let ready = try await manager.awaitReady(timeLimit: .seconds(60))
+                let grpc = try #require(ready.listeners["grpc"])
+                let api = try ManagerAPIClient(ready)
+                defer { api.shutdown() }
+                try await withP2PCluster(
+                    schedulers: 1, seeds: seeds, daemons: daemons, schedulerArguments: ["--manager", grpc]
+                ) { cluster in
+                    let session = try await api.signIn("root", Self.rootPassword)
+                    try await poll(every: .milliseconds(200), timeLimit: .seconds(30), description: "scheduler active")
+                    {
+                        let schedulers = try await api.call(.GET, "/api/v1/schedulers", token: session)
+                        return (schedulers.json.array ?? []).contains { $0["state"].string == "active" }
+                    }
+                    try await body(api, session, cluster)
+                }
+            }
+        }
+    }
+
+    /// Polls a job through the open API until it ends; returns its last answer.
+    func finished(_ id: Int, api: ManagerAPIClient, token: String) async throws -> ManagerAPIAnswer {
+        var job = ManagerAPIAnswer()
+        try await poll(every: .milliseconds(250), timeLimit: .seconds(120), description: "job \(id) ended") {
+            job = try await api.call(.GET, "/oapi/v1/jobs/\(id)", token: token)
+            return ["SUCCESS", "FAILURE"].contains(job.json["state"].string ?? "")
+        }
+        return job
+    }
+
+    @Test func aFilePreheatForTwoPeersLandsInExactlyTwoCaches() async throws {
+        let size = 6 << 20
+        let blob = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 7) }
+        try await withNginxOrigin { origin in
+            try origin.writeFile("preheat.bin", contents: blob)
+            let url = origin.url(for: "preheat.bin")
+            try await withManagedCluster(seeds: 1, daemons: 3) { api, session, cluster in
+                let token = try await api.createToken(session, scopes: ["job"], expiresIn: 3600)
+                let created = try await api.call(
+                    .POST, "/oapi/v1/jobs", token: token,
+                    json:
+                        #"{"type":"preheat","args":{"type":"file","url":"\#(url)","scope":"all_peers","count":2},"scheduler_cluster_ids":null}"#
+                )
+                #expect(created.status == 200, "\(created.text)")
+                let id = try #require(created.json["id"].int)
+                let job = try await finished(id, api: api, token: token)
+                #expect(job.json["state"].string == "SUCCESS", "\(job.text)\n\(cluster.logs())")
+                let result = job.json["result"]["job_states"][0]["results"][0]
+                #expect(result["success_tasks"].array?.count == 2, "\(job.text)")
+                #expect(result["failure_tasks"].array?.isEmpty == true)
+
+                var holders = 0
+                for daemon in cluster.daemons {
+                    let fetched =
+                        try await cluster.downloadBytes(of: daemon, source: .peer)
+                        + cluster.downloadBytes(of: daemon, source: .origin)
+                    #expect(fetched == 0 || fetched == size, "\(daemon) fetched \(fetched) bytes")
+                    if fetched == size { holders += 1 }
+                }
+                #expect(holders == 2, "exactly two daemons hold the file")
+                let reads = try origin.accessLog().filter { $0.uri.hasSuffix("/preheat.bin") && $0.method == "GET" }
+                #expect(reads.reduce(0) { $0 + $1.bytesSent } <= size + (size / 10), "the origin was read about once")
+            }
+        }
+    }
+
+    @Test func aPreheatInAClusterWithoutSeedPeersFailsSayingSo() async throws {
+        try await withNginxOrigin { origin in
+            try origin.writeFile("lonely.bin", contents: [UInt8](repeating: 7, count: 1024))
+            let url = origin.url(for: "lonely.bin")
+            try await withManagedCluster(seeds: 0, daemons: 1) { api, session, _ in
+                let token = try await api.createToken(session, scopes: ["job"], expiresIn: 3600)
+                let created = try await api.call(
+                    .POST, "/oapi/v1/jobs", token: token,
+                    json: #"{"type":"preheat","args":{"type":"file","url":"\#(url)","scope":"single_seed_peer"}}"#)
+                let id = try #require(created.json["id"].int, "\(created.text)")
+                let job = try await finished(id, api: api, token: token)
+                #expect(job.json["state"].string == "FAILURE")
+                let failures = job.json["result"]["job_states"][0]["results"][0]["failure_tasks"]
+                #expect(failures[0]["url"].string == url)
+                #expect(failures[0]["description"].string?.contains("no seed peer") == true, "\(job.text)")
+            }
+        }
+    }
+}
