@@ -106,4 +106,68 @@ struct PreheatJobTests {
             }
         }
     }
+
+    @Test func twoReplicasOnOnePostgresDispatchEachJobExactlyOnce() async throws {
+        try await withNginxOrigin { origin in
+            try origin.writeFile("shared.bin", contents: [UInt8](repeating: 42, count: 64 << 10))
+            let url = origin.url(for: "shared.bin")
+            try await withPostgres { pg in
+                try await withTemporaryDirectory { dir in
+                    func arguments(_ name: String) -> [String] {
+                        [
+                            "manager", "--data-dir", dir.appending(name), "--listen", "127.0.0.1:0", "--grpc-listen",
+                            "127.0.0.1:0", "--database", pg.url,
+                        ]
+                    }
+                    let environment = ["DRAGONFLY_INITIAL_ROOT_PASSWORD": Self.rootPassword]
+                    try await withDragonfly(arguments("a"), environment: environment) { a in
+                        try await withDragonfly(arguments("b"), environment: environment) { b in
+                            let readyA = try await a.awaitReady(timeLimit: .seconds(60))
+                            let apiA = try ManagerAPIClient(readyA)
+                            defer { apiA.shutdown() }
+                            let apiB = try ManagerAPIClient(try await b.awaitReady(timeLimit: .seconds(60)))
+                            defer { apiB.shutdown() }
+                            let grpcA = try #require(readyA.listeners["grpc"])
+                            try await withP2PCluster(
+                                schedulers: 1, seeds: 1, daemons: 1, schedulerArguments: ["--manager", grpcA]
+                            ) { cluster in
+                                let session = try await apiA.signIn("root", Self.rootPassword)
+                                let token = try await apiA.createToken(session, scopes: ["job"], expiresIn: 3600)
+                                try await poll(
+                                    every: .milliseconds(200), timeLimit: .seconds(30), description: "scheduler active"
+                                ) {
+                                    let schedulers = try await apiB.call(.GET, "/api/v1/schedulers", token: session)
+                                    return (schedulers.json.array ?? []).contains { $0["state"].string == "active" }
+                                }
+                                var ids: [Int] = []
+                                for index in 0..<20 {
+                                    let api = index.isMultiple(of: 2) ? apiA : apiB
+                                    let created = try await api.call(
+                                        .POST, "/oapi/v1/jobs", token: token,
+                                        json: #"{"type":"preheat","args":{"type":"file","url":"\#(url)"}}"#)
+                                    ids.append(try #require(created.json["id"].int, "\(created.text)"))
+                                }
+                                #expect(Set(ids).count == 20)
+                                for id in ids {
+                                    let api = id.isMultiple(of: 2) ? apiB : apiA
+                                    let job = try await finished(id, api: api, token: token)
+                                    #expect(job.json["state"].string == "SUCCESS", "\(job.text)")
+                                }
+                                // The scheduler logs each job it receives: every job exactly once.
+                                let scheduler = try #require(cluster.schedulers.first)
+                                let received = scheduler.process.stderrText().split(separator: "\n")
+                                    .filter { $0.contains("job received") }
+                                for id in ids {
+                                    let lines = received.filter {
+                                        $0.hasSuffix("df.job=\(id)") || $0.contains("df.job=\(id) ")
+                                    }
+                                    #expect(lines.count == 1, "job \(id) was received \(lines.count) times")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -6,11 +6,14 @@ package import Logging
 import ServiceLifecycle
 
 /// The scheduler's end of the manager's `CommandChannel` (DESIGN §5): opens it with the scheduler's cluster,
-/// runs the jobs the manager sends (preheat, through ``PreheatExecutor``; at most ``maxConcurrentJobs`` at once)
-/// and streams each result back, with a full report of the hosts it knows every minute. Reconnects with backoff (1 s doubling to 30 s) while the manager is away;
-/// a job that was running when the channel broke is sent again by the manager to the next channel.
+/// runs the jobs the manager sends (preheat, through ``PreheatExecutor``; at most ``maxConcurrentJobs`` at once,
+/// at most ``maxQueuedJobs`` waiting) and streams each result back, with a full report of the hosts it knows
+/// every minute. Reconnects with backoff (1 s doubling to 30 s) while the manager is away; a job that was running
+/// when the channel broke is sent again by the manager to the next channel.
 package struct ManagerCommandChannel: Service {
     static let maxConcurrentJobs = 16
+    /// Jobs waiting for a worker at most.
+    static let maxQueuedJobs = 256
 
     package struct Identity: Sendable {
         package var clusterID: UInt64
@@ -121,23 +124,28 @@ package struct ManagerCommandChannel: Service {
                                 try? await Task.sleep(for: hostsReportInterval)
                             }
                         }
-                        var running = 0
+                        // Jobs run on at most maxConcurrentJobs workers; up to maxQueuedJobs wait their turn, a job
+                        // beyond that fails at once ("busy") instead of piling up.
+                        let (queue, enqueue) = AsyncStream.makeStream(
+                            of: Dragonfly_V1_Job.self, bufferingPolicy: .bufferingOldest(Self.maxQueuedJobs))
+                        for _ in 0..<Self.maxConcurrentJobs {
+                            group.addTask {
+                                for await job in queue {
+                                    sink.yield(.jobResult(await executor.run(job)))
+                                }
+                            }
+                        }
+                        defer { enqueue.finish() }
                         for try await message in response.messages {
                             guard case .job(let job)? = message.response else { continue }
-                            if running >= Self.maxConcurrentJobs {
+                            logger.info("job received", metadata: ["df.job": "\(job.id)"])
+                            if case .dropped = enqueue.yield(job) {
                                 var busy = Dragonfly_V1_JobResult()
                                 busy.jobID = job.id
                                 busy.schedulerClusterID = job.schedulerClusterID
                                 busy.state = .failure
-                                busy.reason = "the scheduler runs \(Self.maxConcurrentJobs) jobs already"
+                                busy.reason = "the scheduler has \(Self.maxQueuedJobs) jobs waiting already"
                                 sink.yield(.jobResult(busy))
-                                continue
-                            }
-                            running += 1
-                            logger.info("job received", metadata: ["df.job": "\(job.id)"])
-                            group.addTask {
-                                let result = await executor.run(job)
-                                sink.yield(.jobResult(result))
                             }
                         }
                         group.cancelAll()
