@@ -104,11 +104,19 @@ package final class JobDispatcher: Sendable {
                 group.cancelAll()
             }
         } catch {
-            try? await store.releaseJobClusters(ids: Array(inFlight.ids.withLock { $0 }))
+            await Self.handBack(inFlight, store: store)
             throw error
         }
-        try? await store.releaseJobClusters(ids: Array(inFlight.ids.withLock { $0 }))
+        await Self.handBack(inFlight, store: store)
         logger.info("command channel closed", metadata: ["df.cluster": "\(clusterID)"])
+    }
+
+    /// Returns a closed channel's unfinished rows to PENDING, in a task of its own so that a channel ended by
+    /// cancellation still does it (if the database is gone too, the stale-claim release does it later).
+    private static func handBack(_ inFlight: InFlightRows, store: ManagerStore) async {
+        let ids = Array(inFlight.ids.withLock { $0 })
+        guard !ids.isEmpty else { return }
+        await Task { try? await store.releaseJobClusters(ids: ids) }.value
     }
 
     /// Claims this cluster's PENDING rows when this channel is the cluster's claimer, and sends them.

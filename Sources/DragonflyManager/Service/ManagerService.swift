@@ -323,7 +323,15 @@ package final class ManagerService: Dragonfly_V1_Manager.SimpleServiceProtocol, 
         guard let dispatcher else {
             throw DragonflyError(code: .unimplemented, message: "this manager dispatches no jobs")
         }
-        try await dispatcher.serve(request) { try await response.write($0) }
+        // On the manager's graceful shutdown the channel ends at once (its unfinished rows go back to PENDING and
+        // the scheduler reconnects to another replica), so the server's drain does not wait for it.
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await dispatcher.serve(request) { try await response.write($0) }
+            }
+        } catch is CancellationError where Task.isShuttingDownGracefully {
+            return
+        }
     }
 
     // MARK: Seed peers of a scheduler cluster

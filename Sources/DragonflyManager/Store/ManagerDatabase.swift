@@ -225,9 +225,12 @@ package final class ManagerDatabase: Sendable {
         guard !wasShutDown else { return }
         switch storage {
         case .sqlite(let connection, _, let gate, let threadPool):
-            // Wait for the statement in flight, if any.
-            _ = try? await gate.withGate { try await connection.close() }
-            try? await threadPool.shutdownGracefully()
+            // Wait for the statement in flight, if any — in a task of its own, so that a shutdown that runs
+            // while the caller is being cancelled still closes the connection.
+            await Task {
+                _ = try? await gate.withGate { try await connection.close() }
+                try? await threadPool.shutdownGracefully()
+            }.value
         case .postgres(let pool, _):
             do {
                 try await pool.pool.shutdownAsync()
