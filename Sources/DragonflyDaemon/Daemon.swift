@@ -45,9 +45,6 @@ package func makeDaemonServices(
         name: "metrics", address: config.listen.metrics, telemetry: telemetry, logger: logger)
     let health = HTTPListenerService.endpoints(
         name: "health", address: config.listen.health, telemetry: nil, logger: logger)
-    let proxy = HTTPListenerService(name: "proxy", address: config.listen.proxy, logger: logger) { router in
-        router.get("/healthy") { _, _ in "OK" }
-    }
     let limiter = UploadLimiter(config: config.upload)
     let piece = PieceServer(
         configuration: PieceServerConfiguration(address: config.listen.piece), store: store, limiter: limiter,
@@ -58,6 +55,9 @@ package func makeDaemonServices(
     let conductor = DownloadConductor(
         store: store, announcer: announcer, metrics: daemonMetrics, registry: registry, config: config,
         schedulers: schedulers, identity: identity, logger: logger)
+    let proxy = ProxyServer(
+        configuration: try ProxyServerConfiguration(config: config), downloader: conductor, store: store,
+        metrics: daemonMetrics, logger: logger)
     let isReady = Published<Void>()
     let peerService = PeerService(
         store: store, announcer: announcer, downloader: conductor, hostID: { identity.current?.hostID },

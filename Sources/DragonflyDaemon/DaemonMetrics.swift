@@ -12,6 +12,12 @@ package struct DaemonMetrics: Sendable {
     package let downloadLocalBytes: Counter
     /// Piece bytes sent to other peers by the piece server.
     package let uploadBytes: Counter
+    /// Proxy requests served from a task (P2P).
+    package let proxyP2P: Counter
+    /// Proxy requests forwarded to their origin as they are.
+    package let proxyDirect: Counter
+    /// Proxy requests refused (over the concurrency limit, malformed, unsupported).
+    package let proxyRejected: Counter
 
     package init(telemetry: Telemetry) {
         func counter(_ name: String, _ help: String, source: String?) -> Counter {
@@ -25,5 +31,14 @@ package struct DaemonMetrics: Sendable {
         downloadOriginBytes = counter("download", help, source: "origin")
         downloadLocalBytes = counter("download", help, source: "local")
         uploadBytes = counter("upload", "Bytes of pieces this host served to other peers.", source: nil)
+        func proxyCounter(_ route: String) -> Counter {
+            let descriptor = MetricNameDescriptor(
+                namespace: "dragonfly", subsystem: telemetry.role, metricName: "proxy_requests", unitName: "total",
+                helpText: "Proxy requests by how they were served (p2p, direct, rejected).")
+            return telemetry.registry.makeCounter(descriptor: descriptor, labels: [("route", route)])
+        }
+        proxyP2P = proxyCounter("p2p")
+        proxyDirect = proxyCounter("direct")
+        proxyRejected = proxyCounter("rejected")
     }
 }

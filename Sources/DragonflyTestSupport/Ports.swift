@@ -68,3 +68,45 @@ package func isAcceptingConnections(host: String = "127.0.0.1", port: Int) async
         return false
     }
 }
+
+/// Sends `request` as raw bytes over one TCP connection to `host:port`, half-closes nothing, and returns
+/// every byte the server sent until it closed the connection (or `maximumBytes` arrived, or `timeLimit`
+/// passed). For requests no HTTP client library would send: malformed heads, `CONNECT`.
+package func rawTCPExchange(
+    host: String = "127.0.0.1",
+    port: Int,
+    request: [UInt8],
+    maximumBytes: Int = 1 << 20,
+    timeLimit: Duration = .seconds(10)
+) async throws -> [UInt8] {
+    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .connectTimeout(.seconds(5))
+        .connect(host: host, port: port) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+            }
+        }
+    return try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
+        group.addTask {
+            try await channel.executeThenClose { inbound, outbound in
+                try await outbound.write(ByteBuffer(bytes: request))
+                var received: [UInt8] = []
+                for try await chunk in inbound {
+                    received.append(contentsOf: chunk.readableBytesView)
+                    if received.count >= maximumBytes { break }
+                }
+                return received
+            }
+        }
+        group.addTask {
+            try await Task.sleep(for: timeLimit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let received = first else {
+            throw TestSupportError(
+                code: .timedOut, message: "\(host):\(port) did not close the connection within \(timeLimit)")
+        }
+        return received
+    }
+}

@@ -103,6 +103,32 @@ package struct DaemonConfig: RoleConfiguration {
         package init() {}
     }
 
+    /// The HTTP(S) proxy and registry mirror on `listen.proxy` (DESIGN §8).
+    package struct ProxyConfig: Codable, Sendable, Equatable {
+        /// Requests handled at once; more are answered 429.
+        package var maxConcurrentRequests: Int = 256
+        /// Open client connections; more are closed at once.
+        package var maxConnections: Int = 1024
+        /// A keep-alive connection with no request for this long is closed.
+        package var idleTimeout: ConfigDuration = .seconds(60)
+        /// Bytes of a request head (request line and headers); larger heads are answered 431. At most 80K.
+        package var maxHeaderBytes: ByteSize = .kibibytes(64)
+        /// Which requests go P2P: the first rule whose regex matches the absolute URL decides; no match: direct.
+        package var rules: [ProxyRule] = ProxyRule.defaults
+        /// Where requests without an absolute URI (registry mirror requests) go.
+        package var registryMirror = RegistryMirrorConfig()
+        package init() {}
+    }
+
+    /// The registry mirror side of the proxy.
+    package struct RegistryMirrorConfig: Codable, Sendable, Equatable {
+        /// Upstream registry used when a request names none (`X-Dragonfly-Registry`, `ns`).
+        package var url: String = "https://index.docker.io"
+        /// Registry hosts (`host[:port]`) reached over plain HTTP when named by `ns`.
+        package var insecureRegistries: [String] = []
+        package init() {}
+    }
+
     package var log = LogConfig()
     /// Data directory; empty means `/var/lib/dragonfly/daemon` (`…/seed` for the cdn) as root, else
     /// `~/.dragonfly/daemon` (`…/seed`).
@@ -117,6 +143,7 @@ package struct DaemonConfig: RoleConfiguration {
     package var download = DownloadConfig()
     package var upload = UploadConfig()
     package var storage = StorageConfig()
+    package var proxy = ProxyConfig()
     /// Exit after this long without work (auto-started daemons); 0 means never.
     package var idleExit: ConfigDuration = .zero
 
@@ -153,6 +180,68 @@ package struct DaemonConfig: RoleConfiguration {
         try v.require(
             (0...100).contains(storage.lowWatermark) && storage.lowWatermark <= storage.highWatermark,
             "storage.lowWatermark", "must be 0-100 and not above storage.highWatermark")
+        try v.require(
+            (1...65536).contains(proxy.maxConcurrentRequests), "proxy.maxConcurrentRequests", "must be 1-65536")
+        try v.require((1...65536).contains(proxy.maxConnections), "proxy.maxConnections", "must be 1-65536")
+        try v.require(proxy.idleTimeout.milliseconds > 0, "proxy.idleTimeout", "must be positive")
+        try v.require(
+            (1024...(80 << 10)).contains(proxy.maxHeaderBytes.bytes), "proxy.maxHeaderBytes",
+            "must be 1K-80K (NIO's HTTP parser caps a head at 80K)")
+        for (index, rule) in proxy.rules.enumerated() {
+            try v.require(
+                (try? Regex(rule.regex)) != nil, "proxy.rules[\(index)].regex",
+                "'\(rule.regex)' is not a regular expression")
+            try v.require(
+                rule.redirect.isEmpty || !rule.redirect.contains("/"), "proxy.rules[\(index)].redirect",
+                "'\(rule.redirect)' must be a host[:port]")
+        }
+        let mirror = proxy.registryMirror.url
+        try v.require(
+            (mirror.hasPrefix("http://") || mirror.hasPrefix("https://"))
+                && mirror.split(separator: "/", omittingEmptySubsequences: true).count == 2,
+            "proxy.registryMirror.url", "'\(mirror)' must be http(s)://host[:port]")
+    }
+}
+
+/// One proxy rule (DESIGN §8): a request whose absolute URL matches `regex` goes P2P (GET only) unless
+/// `direct`; `useTLS` fetches an `http://` URL over HTTPS; `redirect` replaces the URL's host; a non-empty
+/// `filteredQueryParams` replaces the default filter list of the task ID.
+package struct ProxyRule: Codable, Sendable, Equatable {
+    package var regex: String
+    package var useTLS: Bool = false
+    package var redirect: String = ""
+    package var filteredQueryParams: [String] = []
+    package var direct: Bool = false
+
+    package init(
+        regex: String, useTLS: Bool = false, redirect: String = "", filteredQueryParams: [String] = [],
+        direct: Bool = false
+    ) {
+        self.regex = regex
+        self.useTLS = useTLS
+        self.redirect = redirect
+        self.filteredQueryParams = filteredQueryParams
+        self.direct = direct
+    }
+
+    /// Blobs of OCI registries and common artifact suffixes go P2P.
+    package static let defaults: [ProxyRule] = [
+        ProxyRule(regex: "blobs/sha256:"),
+        ProxyRule(regex: #"\.(jar|rpm|whl|tar\.gz|bin|safetensors)(\?|$)"#),
+    ]
+
+    private enum CodingKeys: String, CodingKey {
+        case regex, useTLS, redirect, filteredQueryParams, direct
+    }
+
+    /// Every key but `regex` may be left out.
+    package init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        regex = try container.decode(String.self, forKey: .regex)
+        useTLS = try container.decodeIfPresent(Bool.self, forKey: .useTLS) ?? false
+        redirect = try container.decodeIfPresent(String.self, forKey: .redirect) ?? ""
+        filteredQueryParams = try container.decodeIfPresent([String].self, forKey: .filteredQueryParams) ?? []
+        direct = try container.decodeIfPresent(Bool.self, forKey: .direct) ?? false
     }
 }
 

@@ -1,0 +1,266 @@
+import DragonflyCore
+import DragonflyProto
+import DragonflyRPC
+import DragonflyStorage
+import Logging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Answers a GET from the task of its URL: the daemon's downloader fetches the task (from peers, the cache or
+/// the origin, as for `get`) while the response streams the task's bytes from the store in order, each piece
+/// as soon as it is verified and stored. A `Range` gets 206 with the exact `Content-Range` and
+/// `Content-Length` (or 416); the downloader is asked for that range only when it is known up front, so the
+/// answer can start once the range's pieces are held.
+///
+/// Memory per response: at most two store chunks (``PieceStoreConfiguration/chunkSize``, 1 MiB) in flight;
+/// writes wait for the client to read.
+struct P2PResponse {
+    let head: HTTPRequestHead
+    let route: ProxyRoute
+    let isBlob: Bool
+    let context: ProxyContext
+    let responder: Responder
+    let logger: Logger
+
+    /// Request headers never sent to the origin of a P2P task: the task is the whole object, identity-encoded,
+    /// shared by every caller.
+    static let strippedHeaders: Set<String> = [
+        "range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
+        "accept-encoding",
+    ]
+
+    func respond() async throws -> Bool {
+        let headers = head.headers
+        var download = Dragonfly_V1_Download()
+        download.url = route.url
+        if let filter = route.filteredQueryParams { download.filteredQueryParams = filter }
+        download.tag = headers.first(name: "X-Dragonfly-Tag") ?? ""
+        download.application = headers.first(name: "X-Dragonfly-Application") ?? ""
+        if let text = headers.first(name: "X-Dragonfly-Priority") {
+            guard let level = Int(text.trimmingSpaces()), (0...6).contains(level),
+                let priority = Dragonfly_V1_Priority(rawValue: level)
+            else {
+                return try await responder.text(.badRequest, "X-Dragonfly-Priority '\(text.prefix(20))' is not 0-6")
+            }
+            download.priority = priority
+        }
+        download.prefetch = headers.first(name: "X-Dragonfly-Prefetch")?.lowercased() == "true"
+        for (name, value) in ProxyHeaders.upstream(headers) where !Self.strippedHeaders.contains(name.lowercased()) {
+            // Repeated headers are joined, as HTTP allows for list-valued fields.
+            if let existing = download.requestHeader[name] {
+                download.requestHeader[name] = existing + ", " + value
+            } else {
+                download.requestHeader[name] = value
+            }
+        }
+        let range = headers.first(name: "Range").flatMap(ProxyByteRange.init(header:))
+        if let wanted = range?.downloadRange {
+            var value = Dragonfly_V1_Range()
+            value.start = UInt64(wanted.start)
+            if let length = wanted.length { value.length = UInt64(length) }
+            download.range = value
+        }
+        let taskID = TaskID.make(
+            url: download.url, tag: download.tag, application: download.application, pieceLength: nil,
+            filteredQueryParams: download.filteredQueryParams.isEmpty ? nil : download.filteredQueryParams)
+        var logger = logger
+        logger[metadataKey: "df.task.id"] = "\(taskID)"
+
+        let watch = DownloadWatch()
+        let downloader = context.downloader
+        let request = download
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    _ = try await downloader.download(request) { _ in watch.bump() }
+                    watch.finish(nil)
+                } catch {
+                    watch.finish(DragonflyError(converting: error))
+                }
+            }
+            defer { group.cancelAll() }
+            return try await stream(taskID: taskID, range: range, watch: watch, logger: logger)
+        }
+    }
+
+    /// Waits for the task's layout, answers the head, then streams the bytes piece by piece.
+    private func stream(taskID: TaskID, range: ProxyByteRange?, watch: DownloadWatch, logger: Logger) async throws
+        -> Bool
+    {
+        let store = context.store
+        var taskHeader = HTTPHeaders()
+        taskHeader.add(name: "X-Dragonfly-Task-ID", value: taskID.rawValue)
+        // The layout: content length and piece length, known once the task is open in the store.
+        var info: StoredTaskInfo
+        var length: Int64
+        while true {
+            let seen = watch.version
+            if let current = store.taskInfo(taskID: taskID), let known = current.contentLength {
+                info = current
+                length = known
+                break
+            }
+            if let outcome = watch.outcome {
+                if let error = outcome.error { return try await sendFailure(error, extra: taskHeader) }
+                guard let current = store.taskInfo(taskID: taskID), let known = current.contentLength else {
+                    return try await responder.text(
+                        .badGateway, "task \(taskID) finished but is not in the cache (evicted?); retry",
+                        headers: taskHeader)
+                }
+                info = current
+                length = known
+                break
+            }
+            await watch.wait(after: seen)
+        }
+
+        let bytes: Range<Int64>
+        var headers = taskHeader
+        let status: HTTPResponseStatus
+        if let range {
+            guard let resolved = range.resolve(length: length) else {
+                headers.add(name: "Content-Range", value: "bytes */\(length)")
+                return try await responder.text(
+                    .rangeNotSatisfiable, "the range is beyond the end of the \(length)-byte object", headers: headers)
+            }
+            bytes = resolved
+            status = .partialContent
+            headers.add(
+                name: "Content-Range", value: "bytes \(resolved.lowerBound)-\(resolved.upperBound - 1)/\(length)")
+        } else {
+            bytes = 0..<length
+            status = .ok
+        }
+        headers.add(name: "Content-Length", value: String(bytes.count))
+        headers.add(name: "Accept-Ranges", value: "bytes")
+        headers.add(name: "Content-Type", value: info.headers["content-type"] ?? "application/octet-stream")
+        if let etag = info.headers["etag"] { headers.add(name: "ETag", value: etag) }
+        if let lastModified = info.headers["last-modified"] { headers.add(name: "Last-Modified", value: lastModified) }
+        if isBlob, let digest = route.url.split(separator: "?")[0].split(separator: "/").last {
+            headers.add(name: "Docker-Content-Digest", value: String(digest))
+        }
+        let keepAlive = responder.keepAlive
+        responder.writeHead(status, headers: headers, keepAlive: keepAlive)
+        let responder = self.responder
+        if let pieces = PieceMath.pieces(covering: bytes, contentLength: length, pieceLength: info.pieceLength) {
+            for number in pieces {
+                try await waitForPiece(number, taskID: taskID, watch: watch)
+                let start = max(Int64(number) * info.pieceLength, bytes.lowerBound)
+                let end = min(Int64(number + 1) * info.pieceLength, bytes.upperBound)
+                try await store.readRange(taskID: taskID, range: start..<end) { chunk in
+                    try await responder.writeBody(chunk)
+                }
+            }
+        }
+        try await responder.finish()
+        logger.debug("proxy served from the task", metadata: ["df.bytes": "\(bytes.count)"])
+        return keepAlive
+    }
+
+    /// Returns once piece `number` is stored; throws when the download ended without it (the response is then
+    /// cut short, which the client sees as a body shorter than its `Content-Length`).
+    private func waitForPiece(_ number: Int, taskID: TaskID, watch: DownloadWatch) async throws {
+        let store = context.store
+        while true {
+            let seen = watch.version
+            if store.hasPiece(taskID: taskID, number: number) { return }
+            if let outcome = watch.outcome {
+                if store.hasPiece(taskID: taskID, number: number) { return }
+                throw outcome.error
+                    ?? DragonflyError(code: .unavailable, message: "piece \(number) of task \(taskID) is not held")
+            }
+            try Task.checkCancellation()
+            await watch.wait(after: seen)
+        }
+    }
+
+    /// Answers a download that failed before any byte was sent: the origin's own status and headers for an
+    /// origin error, else a status for the error's code.
+    private func sendFailure(_ error: DragonflyError, extra: HTTPHeaders) async throws -> Bool {
+        if error.code == .originError, let origin = error.cause as? OriginResponseError,
+            (100...599).contains(origin.status)
+        {
+            var headers = HTTPHeaders()
+            for field in origin.headers { headers.add(name: field.name, value: field.value) }
+            headers = ProxyHeaders.downstream(headers)
+            headers.add(contentsOf: extra)
+            return try await responder.text(
+                HTTPResponseStatus(statusCode: origin.status, reasonPhrase: origin.reason), error.message,
+                headers: headers)
+        }
+        let status: HTTPResponseStatus =
+            switch error.code {
+            case .invalidArgument: .badRequest
+            case .notFound: .notFound
+            case .resourceExhausted: .tooManyRequests
+            case .deadlineExceeded: .gatewayTimeout
+            case .unavailable, .originError: .badGateway
+            case .unimplemented: .notImplemented
+            case .permissionDenied: .forbidden
+            default: .internalServerError
+            }
+        return try await responder.text(status, error.message, headers: extra)
+    }
+}
+
+/// What a P2P response waits on: a version bumped by every progress report of its download, and the
+/// download's outcome once it returns.
+final class DownloadWatch: Sendable {
+    /// How a download ended.
+    struct Outcome: Sendable {
+        var error: DragonflyError?
+    }
+
+    private struct State {
+        var version = 0
+        var outcome: Outcome?
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
+    }
+
+    private let state = Mutex(State())
+
+    var version: Int { state.withLock { $0.version } }
+    var outcome: Outcome? { state.withLock { $0.outcome } }
+
+    func bump() {
+        let waiters = state.withLock { state in
+            state.version += 1
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func finish(_ error: DragonflyError?) {
+        let waiters = state.withLock { state in
+            state.outcome = Outcome(error: error)
+            state.version += 1
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once the version moved past `seen`, or at once when the calling task is cancelled.
+    func wait(after seen: Int) async {
+        let id = state.withLock { state in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if state.version != seen || Task.isCancelled { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume()
+        }
+    }
+}

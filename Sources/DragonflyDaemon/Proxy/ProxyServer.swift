@@ -1,0 +1,196 @@
+import AsyncHTTPClient
+package import DragonflyCore
+import DragonflyProto
+import DragonflyRPC
+package import DragonflyStorage
+package import Logging
+package import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// Settings of a ``ProxyServer``, from the daemon's `listen.proxy` and `proxy.*`.
+package struct ProxyServerConfiguration: Sendable {
+    /// Where to listen; port 0 binds any free port.
+    package var address: ListenAddress
+    /// Requests handled at once; more are answered 429.
+    package var maximumConcurrentRequests: Int
+    /// Open connections; more are closed at once.
+    package var maximumConnections: Int
+    /// A keep-alive connection with no request for this long is closed.
+    package var idleTimeout: Duration
+    /// Bytes of a request line plus headers; larger heads are answered 431.
+    package var maximumHeaderBytes: Int
+    /// Which absolute-URI requests go P2P.
+    package var rules: ProxyRuleSet
+    /// Upstreams of registry mirror requests.
+    package var mirror: RegistryMirror
+
+    package init(config: DaemonConfig) throws(DragonflyError) {
+        address = config.listen.proxy
+        maximumConcurrentRequests = config.proxy.maxConcurrentRequests
+        maximumConnections = config.proxy.maxConnections
+        idleTimeout = config.proxy.idleTimeout.duration
+        maximumHeaderBytes = Int(config.proxy.maxHeaderBytes.bytes)
+        rules = try ProxyRuleSet(rules: config.proxy.rules)
+        mirror = RegistryMirror(config: config.proxy.registryMirror)
+    }
+}
+
+/// The daemon's HTTP proxy and registry mirror (DESIGN §8, default `:4001`).
+///
+/// - Absolute-URI requests (`GET http://host/path`) are proxied: the first ``ProxyRuleSet`` rule matching the
+///   URL decides; a GET that goes P2P is served from the task of that URL (the daemon's ``TaskDownloading``, so
+///   the bytes come from peers, the cache or the origin as for `get`), streamed in order as pieces are stored,
+///   one store chunk at a time with the socket's backpressure (memory does not grow with the file). Every
+///   other request is forwarded to the origin as it is, body streamed both ways.
+/// - Origin-form requests (`GET /v2/…`) are registry mirror requests: the upstream comes from
+///   `X-Dragonfly-Registry`, else `ns`, else `proxy.registryMirror.url`; blob GETs go P2P, the rest (pings,
+///   manifests, tags, tokens, HEAD) is forwarded with status and headers unchanged.
+/// - `Range` on a P2P GET → 206 with the exact `Content-Range`/`Content-Length` from the task's pieces, or 416.
+/// - P2P responses carry `X-Dragonfly-Task-ID`; an origin error comes back with the origin's status and headers.
+/// - Limits: `maximumConcurrentRequests` (429 beyond), `maximumConnections`, the head size (431), the idle
+///   timeout. Malformed requests get 400 from NIO's HTTP error handler; `CONNECT` gets 501 for now.
+package struct ProxyServer: Service {
+    /// The bound `IP:port`, named `proxy`.
+    package let listener: ListenerAddress
+    private let configuration: ProxyServerConfiguration
+    private let downloader: any TaskDownloading
+    private let store: PieceStore
+    private let metrics: DaemonMetrics?
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let counters = ProxyCounters()
+
+    package init(
+        configuration: ProxyServerConfiguration,
+        downloader: any TaskDownloading,
+        store: PieceStore,
+        metrics: DaemonMetrics?,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger
+    ) {
+        self.listener = ListenerAddress(name: "proxy")
+        self.configuration = configuration
+        self.downloader = downloader
+        self.store = store
+        self.metrics = metrics
+        self.group = eventLoopGroup
+        self.logger = logger
+    }
+
+    /// Requests being handled now.
+    package var requestsInFlight: Int { counters.requests.load(ordering: .relaxed) }
+
+    package func run() async throws {
+        typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+        let address = configuration.address
+        let idle = TimeAmount(configuration.idleTimeout)
+        let serverChannel: NIOAsyncChannel<(Connection, ConnectionActivity), Never>
+        do {
+            serverChannel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelOption(.backlog, value: 256)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: address.host, port: address.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let pipeline = channel.pipeline.syncOperations
+                        try pipeline.configureHTTPServerPipeline(
+                            withPipeliningAssistance: false, withErrorHandling: true)
+                        try pipeline.addHandler(IdleStateHandler(readTimeout: idle))
+                        let activity = ConnectionActivity()
+                        try pipeline.addHandler(ProxyIdleCloser(activity: activity))
+                        return (try Connection(wrappingChannelSynchronously: channel), activity)
+                    }
+                }
+        } catch {
+            let failure = DragonflyError(
+                code: .unavailable, message: "cannot listen on \(address) (proxy listener)", cause: error)
+            listener.fail(failure)
+            throw failure
+        }
+        let bound = PieceServer.describe(serverChannel.channel.localAddress)
+        listener.fulfil(bound)
+        let logger = {
+            var logger = self.logger
+            logger[metadataKey: "df.listener.address"] = "\(bound)"
+            return logger
+        }()
+        logger.debug("proxy listening")
+        defer { logger.debug("proxy stopped") }
+
+        var clientConfiguration = HTTPClient.Configuration()
+        clientConfiguration.connectionPool = .init(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 16)
+        clientConfiguration.timeout = .init(connect: .seconds(10), read: .seconds(120))
+        clientConfiguration.decompression = .disabled
+        // Redirects reach the client, which follows them through the proxy again.
+        clientConfiguration.redirectConfiguration = .disallow
+        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+        let context = ProxyContext(
+            configuration: configuration, downloader: downloader, store: store, metrics: metrics, http: http,
+            counters: counters)
+        let counters = self.counters
+        let maximumConnections = configuration.maximumConnections
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                try await serverChannel.executeThenClose { inbound in
+                    for try await (connection, activity) in inbound.cancelOnGracefulShutdown() {
+                        let open = counters.connections.add(1, ordering: .relaxed).newValue
+                        guard open <= maximumConnections else {
+                            counters.connections.subtract(1, ordering: .relaxed)
+                            logger.debug("proxy refuses a connection over the limit")
+                            connection.channel.close(promise: nil)
+                            continue
+                        }
+                        group.addTask {
+                            defer { counters.connections.subtract(1, ordering: .relaxed) }
+                            await ProxyConnection(
+                                connection: connection, activity: activity, context: context, logger: logger
+                            ).serve()
+                        }
+                    }
+                }
+            }
+        } catch {
+            try? await http.shutdown()
+            throw error
+        }
+        try? await http.shutdown()
+    }
+}
+
+/// Counters shared by a proxy's connections.
+final class ProxyCounters: Sendable {
+    let connections = Atomic<Int>(0)
+    let requests = Atomic<Int>(0)
+}
+
+/// What every connection of one proxy shares.
+struct ProxyContext: Sendable {
+    let configuration: ProxyServerConfiguration
+    let downloader: any TaskDownloading
+    let store: PieceStore
+    let metrics: DaemonMetrics?
+    let http: HTTPClient
+    let counters: ProxyCounters
+}
+
+/// Closes a connection that sent nothing for the idle timeout, unless a response is in progress.
+private final class ProxyIdleCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    private let activity: ConnectionActivity
+
+    init(activity: ConnectionActivity) { self.activity = activity }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            if !activity.isBusy.load(ordering: .relaxed) { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
