@@ -171,3 +171,64 @@ struct PreheatJobTests {
         }
     }
 }
+/// Harbor's flow against a real docker-registry with an image pushed by skopeo (DESIGN §10).
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct HarborPreheatTests {
+    @Test func anImagePreheatLoadsTheLayersSoGetsReadNothingFromTheRegistry() async throws {
+        try await withDockerRegistry { registry in
+            let layer = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 40_503 >> 3) }
+            try await registry.pushImage(repository: "library/app", tag: "v1", layerFile: layer)
+            try await PreheatJobTests().withManagedCluster(seeds: 1, daemons: 2) { api, session, cluster in
+                #expect(try await api.call(.GET, "/healthy").status == 200)
+                let token = try await api.createToken(session, scopes: ["job"], expiresIn: 3600)
+                let manifest = "\(registry.baseURL)/v2/library/app/manifests/v1"
+                // Harbor's body, field for field.
+                let body = """
+                    {"type":"preheat","args":{"type":"image","url":"\(manifest)","headers":{},"scope":"single_peer",\
+                    "tag":"","filtered_query_params":"","timeout":0,"concurrent_count":3},"scheduler_cluster_ids":null}
+                    """
+                let created = try await api.call(.POST, "/oapi/v1/jobs", token: token, json: body)
+                let id = try #require(created.json["id"].int, "\(created.text)")
+                let job = try await PreheatJobTests().finished(id, api: api, token: token)
+                #expect(job.json["state"].string == "SUCCESS", "\(job.text)\n\(cluster.logs())")
+                let urls = (job.json["result"]["job_states"][0]["results"][0]["success_tasks"].array ?? [])
+                    .compactMap { $0["url"].string }
+                #expect(!urls.isEmpty && urls.allSatisfy { $0.contains("/v2/library/app/blobs/sha256:") }, "\(urls)")
+
+                func blobBytes() -> Int {
+                    registry.requests().filter { $0.method == "GET" && $0.uri.contains("/blobs/") }
+                        .reduce(0) { $0 + $1.bytesWritten }
+                }
+                let before = blobBytes()
+                #expect(before > 0, "the seed peer read the layers from the registry during the preheat")
+                let daemon = try #require(cluster.daemons.first)
+                for (index, url) in Set(urls).enumerated() {
+                    let result = try await cluster.get(
+                        url: url, on: daemon, output: cluster.outputPath("layer\(index)"))
+                    #expect(result.status == .exited(0), "\(result.stderr)")
+                }
+                #expect(blobBytes() == before, "the layers came from the seed peer, not the registry")
+            }
+        }
+    }
+
+    @Test func anImageTheRegistryDoesNotHaveFailsWithAReasonPerURL() async throws {
+        try await withDockerRegistry { registry in
+            try await PreheatJobTests().withManagedCluster(seeds: 1, daemons: 1) { api, session, _ in
+                let token = try await api.createToken(session, scopes: ["job"], expiresIn: 3600)
+                let manifest = "\(registry.baseURL)/v2/nothing/here/manifests/v9"
+                let created = try await api.call(
+                    .POST, "/oapi/v1/jobs", token: token,
+                    json:
+                        #"{"type":"preheat","args":{"type":"image","url":"\#(manifest)"},"scheduler_cluster_ids":null}"#
+                )
+                let id = try #require(created.json["id"].int, "\(created.text)")
+                let job = try await PreheatJobTests().finished(id, api: api, token: token)
+                #expect(job.json["state"].string == "FAILURE")
+                let failure = job.json["result"]["job_states"][0]["results"][0]["failure_tasks"][0]
+                #expect(failure["url"].string == manifest)
+                #expect(failure["description"].string?.contains("404") == true, "\(job.text)")
+            }
+        }
+    }
+}
