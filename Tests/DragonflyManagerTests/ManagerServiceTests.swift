@@ -96,15 +96,16 @@ struct ManagerServiceTests {
                     return message
                 }()
 
-                // A sweep 15 s after the last keep-alive marks it inactive; ListSchedulers drops it.
+                // Sweeps mark it inactive at the latest 15 s after the last keep-alive (one sweep interval, 1 s,
+                // earlier); ListSchedulers drops it.
                 var config = ManagerConfig.KeepAliveConfig()
                 config.timeout = .seconds(15)
                 let expiry = MemberExpiryService(store: { store }, config: config, logger: storeTestLogger)
                 let id = Int(info.id)
                 let seen = try await store.member(.scheduler, id: id).lastKeepAliveAt
-                try await expiry.sweep(store, now: seen.addingTimeInterval(14))
+                try await expiry.sweep(store, now: seen.addingTimeInterval(13.5))
                 #expect(try await store.member(.scheduler, id: id).state == .active)
-                try await expiry.sweep(store, now: seen.addingTimeInterval(15.5))
+                try await expiry.sweep(store, now: seen.addingTimeInterval(14.5))
                 #expect(try await store.member(.scheduler, id: id).state == .inactive)
                 #expect(try await manager.listSchedulers(listRequest(ip: "10.0.0.9")).schedulers.isEmpty)
 
