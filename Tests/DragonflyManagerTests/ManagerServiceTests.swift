@@ -27,7 +27,9 @@ func withManagerService<Value: Sendable>(
         group.addTask { try await server.run() }
         defer { group.cancelAll() }
         let address = try await server.listener.value()
-        return try await withRPCClient(target: address, logger: storeTestLogger) { client in
+        // No 30 s default deadline: a keep-alive stream below stays open while the test polls the store.
+        let options = RPCClientOptions(defaultTimeout: .seconds(120))
+        return try await withRPCClient(target: address, options: options, logger: storeTestLogger) { client in
             try await body(Dragonfly_V1_Manager.Client(wrapping: client))
         }
     }
