@@ -58,7 +58,9 @@ package final class ManagerMembership: Service, Sendable {
     ) throws(DragonflyError) {
         precondition(sourceType == .scheduler || sourceType == .seedPeer, "only schedulers and seed peers keep alive")
         // No default deadline: the keep-alive stream lives as long as the registration.
-        client = try makeRPCClient(target: target, options: RPCClientOptions(defaultTimeout: nil), logger: logger)
+        client = try makeRPCClient(
+            target: target, options: RPCClientOptions(defaultTimeout: nil, maxReconnectBackoff: .seconds(5)),
+            logger: logger)
         self.sourceType = sourceType
         self.keepAliveInterval = max(.milliseconds(100), keepAliveInterval)
         self.register = register

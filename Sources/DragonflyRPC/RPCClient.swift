@@ -22,17 +22,22 @@ package struct RPCClientOptions: Sendable, Hashable {
     package var retryPolicy: RPCRetryPolicy?
     /// Calls wait for the connection (until their deadline) instead of failing fast while it is down.
     package var waitsForReady: Bool
+    /// Longest wait between two reconnection attempts after the connection failed; `nil` keeps gRPC's default
+    /// (up to 2 min). Clients that must notice a server coming back soon (the manager's) set a few seconds.
+    package var maxReconnectBackoff: Duration?
 
     package init(
         tls: RPCTLSConfig? = nil,
         defaultTimeout: Duration? = .seconds(30),
         retryPolicy: RPCRetryPolicy? = nil,
-        waitsForReady: Bool = false
+        waitsForReady: Bool = false,
+        maxReconnectBackoff: Duration? = nil
     ) {
         self.tls = tls
         self.defaultTimeout = defaultTimeout
         self.retryPolicy = retryPolicy
         self.waitsForReady = waitsForReady
+        self.maxReconnectBackoff = maxReconnectBackoff
     }
 
     /// Plaintext, 30 s default deadline, no transparent retries, fail fast.
@@ -81,6 +86,10 @@ package func makeRPCClient(
     var config = HTTP2ClientTransport.Posix.Config.defaults
     if let serverName = options.tls?.serverName {
         config.http2.authority = serverName
+    }
+    if let maxReconnectBackoff = options.maxReconnectBackoff {
+        config.backoff.max = max(.milliseconds(100), maxReconnectBackoff)
+        config.backoff.initial = min(config.backoff.initial, config.backoff.max)
     }
     let transport: RPCClientTransport
     do {

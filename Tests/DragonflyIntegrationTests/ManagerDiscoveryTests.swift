@@ -56,11 +56,13 @@ struct ManagerDiscoveryTests {
                         #expect(listed == [schedulerAddress])
                     }
 
-                    // The manager goes away and comes back on the same data dir and port: the scheduler
-                    // registers again and is listed active.
+                    // The manager goes away and comes back on the same port, having lost its state (a fresh
+                    // data dir), so the scheduler is listed again only once it registered again.
                     try first.signal(.terminate)
                     #expect(try await first.waitForExit(timeLimit: .seconds(10)) == .exited(0))
-                    try await withDragonfly(managerArguments) { second in
+                    let secondArguments = RoleArguments.manager(
+                        dataDirectory: dir.appending("manager2"), grpcPort: port)
+                    try await withDragonfly(secondArguments) { second in
                         _ = try await second.awaitReady(timeLimit: .seconds(60))
                         try await Self.withManagerClient(managerAddress) { manager in
                             try await poll(timeLimit: .seconds(30), description: "the scheduler registered again") {

@@ -27,7 +27,9 @@ func withManagerService<Value: Sendable>(
         group.addTask { try await server.run() }
         defer { group.cancelAll() }
         let address = try await server.listener.value()
-        return try await withRPCClient(target: address, logger: storeTestLogger) { client in
+        // No 30 s default deadline: a keep-alive stream below stays open while the test polls the store.
+        let options = RPCClientOptions(defaultTimeout: .seconds(120))
+        return try await withRPCClient(target: address, options: options, logger: storeTestLogger) { client in
             try await body(Dragonfly_V1_Manager.Client(wrapping: client))
         }
     }
@@ -96,15 +98,16 @@ struct ManagerServiceTests {
                     return message
                 }()
 
-                // A sweep 15 s after the last keep-alive marks it inactive; ListSchedulers drops it.
+                // Sweeps mark it inactive at the latest 15 s after the last keep-alive (one sweep interval, 1 s,
+                // earlier); ListSchedulers drops it.
                 var config = ManagerConfig.KeepAliveConfig()
                 config.timeout = .seconds(15)
                 let expiry = MemberExpiryService(store: { store }, config: config, logger: storeTestLogger)
                 let id = Int(info.id)
                 let seen = try await store.member(.scheduler, id: id).lastKeepAliveAt
-                try await expiry.sweep(store, now: seen.addingTimeInterval(14))
+                try await expiry.sweep(store, now: seen.addingTimeInterval(13.5))
                 #expect(try await store.member(.scheduler, id: id).state == .active)
-                try await expiry.sweep(store, now: seen.addingTimeInterval(15.5))
+                try await expiry.sweep(store, now: seen.addingTimeInterval(14.5))
                 #expect(try await store.member(.scheduler, id: id).state == .inactive)
                 #expect(try await manager.listSchedulers(listRequest(ip: "10.0.0.9")).schedulers.isEmpty)
 

@@ -64,7 +64,9 @@ package final class ManagerDiscovery: Service, Sendable {
     ) throws(DragonflyError) {
         target = config.manager.address
         client = try makeRPCClient(
-            target: target, options: RPCClientOptions(defaultTimeout: Self.callTimeout), logger: logger)
+            target: target,
+            options: RPCClientOptions(defaultTimeout: Self.callTimeout, maxReconnectBackoff: .seconds(10)),
+            logger: logger)
         self.pool = pool
         self.identity = identity
         refreshInterval = config.manager.refreshInterval.duration

@@ -129,7 +129,8 @@ package final class ManagerService: Dragonfly_V1_Manager.SimpleServiceProtocol, 
             }
             throw error
         }
-        if case (let member, let lastKeepAlive)? = progress.current {
+        // The member closed its stream (it is stopping), unless the stream ended because the manager is.
+        if case (let member, let lastKeepAlive)? = progress.current, !Task.isCancelled, !Task.isShuttingDownGracefully {
             await markInactive(member, after: lastKeepAlive, store: store, reason: "stream ended")
         }
         return Google_Protobuf_Empty()

@@ -10,8 +10,10 @@ package import Foundation
 
 /// Marks schedulers and seed peers inactive once they missed keep-alives for `keepAlive.timeout` (DESIGN §10).
 ///
-/// Sweeps every ``sweepInterval(for:)`` (a fifth of the timeout, at most 1 s), so a member turns inactive at
-/// most that long after its timeout. A failing sweep is logged and retried at the next tick.
+/// Sweeps every ``sweepInterval(for:)`` (a fifth of the timeout, at most 1 s) and marks inactive the members
+/// silent for longer than the timeout minus that interval, so a member is inactive at the latest `timeout` after
+/// its last keep-alive (with the defaults: keep-alives every 5 s, inactive 14–15 s after the last one). A
+/// failing sweep is logged and retried at the next tick.
 package struct MemberExpiryService: Service {
     private let store: @Sendable () async throws -> ManagerStore
     private let timeout: Duration
@@ -55,9 +57,10 @@ package struct MemberExpiryService: Service {
         }
     }
 
-    /// Marks inactive the members whose last keep-alive is older than the timeout at `now`.
+    /// Marks inactive the members whose last keep-alive at `now` is older than the timeout minus the sweep
+    /// interval.
     package func sweep(_ store: ManagerStore, now: Date) async throws(DragonflyError) {
-        let cutoff = now.addingTimeInterval(-timeout.timeInterval)
+        let cutoff = now.addingTimeInterval(-(timeout - Self.sweepInterval(for: timeout)).timeInterval)
         for kind in ClusterKind.allCases {
             let expired = try await store.markInactiveMembers(kind, lastKeepAliveBefore: cutoff, now: now)
             if !expired.isEmpty {
