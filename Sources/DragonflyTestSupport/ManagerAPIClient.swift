@@ -23,71 +23,33 @@ package struct ManagerAPIAnswer: Sendable {
     package var json: JSONDocument { JSONDocument(text) }
 }
 
-/// A parsed JSON document with the lookups tests need.
+/// A parsed JSON document with the lookups tests need; a missing member or a bad document reads as `null`.
 package struct JSONDocument: Sendable {
-    private let value: JSONAny
+    private let value: JSONValue
 
     package init(_ text: String) {
-        value = (try? JSONDecoder().decode(JSONAny.self, from: Data(text.utf8))) ?? .null
+        value = (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .null
     }
 
-    private init(value: JSONAny) { self.value = value }
+    private init(value: JSONValue) { self.value = value }
 
-    package subscript(key: String) -> JSONDocument {
-        if case .object(let fields) = value, let field = fields[key] { return JSONDocument(value: field) }
-        return JSONDocument(value: .null)
-    }
+    package subscript(key: String) -> JSONDocument { JSONDocument(value: value[key] ?? .null) }
 
     package subscript(index: Int) -> JSONDocument {
-        if case .array(let items) = value, items.indices.contains(index) { return JSONDocument(value: items[index]) }
-        return JSONDocument(value: .null)
+        guard let items = value.arrayValue, items.indices.contains(index) else { return JSONDocument(value: .null) }
+        return JSONDocument(value: items[index])
     }
 
-    package var string: String? {
-        if case .string(let text) = value { return text }
-        return nil
-    }
+    package var string: String? { value.stringValue }
 
     package var int: Int? {
         if case .number(let number) = value, number == number.rounded() { return Int(number) }
         return nil
     }
 
-    package var array: [JSONDocument]? {
-        if case .array(let items) = value { return items.map { JSONDocument(value: $0) } }
-        return nil
-    }
+    package var array: [JSONDocument]? { value.arrayValue?.map { JSONDocument(value: $0) } }
 
-    package var isNull: Bool {
-        if case .null = value { return true }
-        return false
-    }
-}
-
-private enum JSONAny: Sendable, Decodable {
-    case null
-    case bool(Bool)
-    case number(Double)
-    case string(String)
-    case array([JSONAny])
-    case object([String: JSONAny])
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([JSONAny].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: JSONAny].self))
-        }
-    }
+    package var isNull: Bool { value == .null }
 }
 
 /// Talks to a manager's HTTP listener (`/api/v1`, `/oapi/v1`); shut it down with ``shutdown()``.

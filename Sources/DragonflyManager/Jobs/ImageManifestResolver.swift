@@ -283,21 +283,3 @@ extension StringProtocol {
         String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
     }
 }
-
-extension JSONValue {
-    /// The member `key` of an object; `nil` for anything else.
-    package subscript(key: String) -> JSONValue? {
-        if case .object(let fields) = self { return fields[key] }
-        return nil
-    }
-
-    package var stringValue: String? {
-        if case .string(let value) = self { return value }
-        return nil
-    }
-
-    package var arrayValue: [JSONValue]? {
-        if case .array(let value) = self { return value }
-        return nil
-    }
-}

@@ -1,3 +1,4 @@
+import DragonflyCore
 import DragonflyProto
 import SwiftProtobuf
 

@@ -1,4 +1,4 @@
-package import DragonflyCore
+import DragonflyCore
 package import DragonflyProto
 import DragonflyRPC
 package import GRPCCore
