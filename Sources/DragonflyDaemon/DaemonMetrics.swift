@@ -16,6 +16,8 @@ package struct DaemonMetrics: Sendable {
     package let proxyP2P: Counter
     /// Proxy requests forwarded to their origin as they are.
     package let proxyDirect: Counter
+    /// `CONNECT` tunnels opened.
+    package let proxyTunnel: Counter
     /// Proxy requests refused (over the concurrency limit, malformed, unsupported).
     package let proxyRejected: Counter
 
@@ -34,11 +36,12 @@ package struct DaemonMetrics: Sendable {
         func proxyCounter(_ route: String) -> Counter {
             let descriptor = MetricNameDescriptor(
                 namespace: "dragonfly", subsystem: telemetry.role, metricName: "proxy_requests", unitName: "total",
-                helpText: "Proxy requests by how they were served (p2p, direct, rejected).")
+                helpText: "Proxy requests by how they were served (p2p, direct, tunnel, rejected).")
             return telemetry.registry.makeCounter(descriptor: descriptor, labels: [("route", route)])
         }
         proxyP2P = proxyCounter("p2p")
         proxyDirect = proxyCounter("direct")
         proxyRejected = proxyCounter("rejected")
+        proxyTunnel = proxyCounter("tunnel")
     }
 }

@@ -66,10 +66,10 @@ struct ProxyConnection {
                 close: true)
         }
         if head.method == .CONNECT {
+            // A CONNECT is only understood as a connection's first request (see ProxyProtocolSniffer).
             context.metrics?.proxyRejected.increment()
             return try await responder.text(
-                .notImplemented, "CONNECT tunnelling is not supported by this proxy yet; use http:// URLs",
-                close: true)
+                .badRequest, "CONNECT must be the first request of a connection", close: true)
         }
         let limit = context.configuration.maximumConcurrentRequests
         let running = context.counters.requests.add(1, ordering: .relaxed).newValue

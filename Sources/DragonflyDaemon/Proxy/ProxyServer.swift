@@ -84,10 +84,10 @@ package struct ProxyServer: Service {
     package var requestsInFlight: Int { counters.requests.load(ordering: .relaxed) }
 
     package func run() async throws {
-        typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
         let address = configuration.address
         let idle = TimeAmount(configuration.idleTimeout)
-        let serverChannel: NIOAsyncChannel<(Connection, ConnectionActivity), Never>
+        let serverChannel: NIOAsyncChannel<EventLoopFuture<ProxyChannel>, Never>
+        let maximumHeadBytes = configuration.maximumHeaderBytes
         do {
             serverChannel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -95,13 +95,12 @@ package struct ProxyServer: Service {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: address.host, port: address.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let pipeline = channel.pipeline.syncOperations
-                        try pipeline.configureHTTPServerPipeline(
-                            withPipeliningAssistance: false, withErrorHandling: true)
-                        try pipeline.addHandler(IdleStateHandler(readTimeout: idle))
-                        let activity = ConnectionActivity()
-                        try pipeline.addHandler(ProxyIdleCloser(activity: activity))
-                        return (try Connection(wrappingChannelSynchronously: channel), activity)
+                        // The connection's kind (HTTP or CONNECT tunnel) is known after its first bytes.
+                        let promise = channel.eventLoop.makePromise(of: ProxyChannel.self)
+                        try channel.pipeline.syncOperations.addHandler(
+                            ProxyProtocolSniffer(
+                                maximumHeadBytes: maximumHeadBytes, idleTimeout: idle, promise: promise))
+                        return promise.futureResult
                     }
                 }
         } catch {
@@ -136,19 +135,35 @@ package struct ProxyServer: Service {
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 try await serverChannel.executeThenClose { inbound in
-                    for try await (connection, activity) in inbound.cancelOnGracefulShutdown() {
+                    for try await kind in inbound.cancelOnGracefulShutdown() {
                         let open = counters.connections.add(1, ordering: .relaxed).newValue
                         guard open <= maximumConnections else {
                             counters.connections.subtract(1, ordering: .relaxed)
                             logger.debug("proxy refuses a connection over the limit")
-                            connection.channel.close(promise: nil)
+                            kind.whenSuccess { kind in
+                                switch kind {
+                                case .http(let channel, _): channel.channel.close(promise: nil)
+                                case .tunnel(let channel, _): channel.channel.close(promise: nil)
+                                case .refused: break
+                                }
+                            }
                             continue
                         }
                         group.addTask {
                             defer { counters.connections.subtract(1, ordering: .relaxed) }
-                            await ProxyConnection(
-                                connection: connection, activity: activity, context: context, logger: logger
-                            ).serve()
+                            switch try? await kind.get() {
+                            case .http(let connection, let activity):
+                                await ProxyConnection(
+                                    connection: connection, activity: activity, context: context, logger: logger
+                                ).serve()
+                            case .tunnel(let client, let authority):
+                                await ProxyTunnel(
+                                    client: client, authority: authority, context: context, logger: logger
+                                )
+                                .run()
+                            case .refused, nil:
+                                break
+                            }
                         }
                     }
                 }
@@ -178,7 +193,7 @@ struct ProxyContext: Sendable {
 }
 
 /// Closes a connection that sent nothing for the idle timeout, unless a response is in progress.
-private final class ProxyIdleCloser: ChannelInboundHandler, Sendable {
+final class ProxyIdleCloser: ChannelInboundHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
 
