@@ -1,6 +1,6 @@
 import Foundation
 
-/// A whole HTTP answer read by ``curlRequest(_:proxy:method:headers:body:tunnel:timeLimit:)``.
+/// A whole HTTP answer read by ``curlRequest(_:proxy:method:headers:body:tunnel:proxyUser:timeLimit:)``.
 package struct CurlAnswer: Sendable {
     /// The final response's status (after any `100 Continue`).
     package var status: Int
@@ -30,6 +30,7 @@ package func curlRequest(
     headers: [(String, String)] = [],
     body: [UInt8]? = nil,
     tunnel: Bool = false,
+    proxyUser: String? = nil,
     timeLimit: Duration = .seconds(120)
 ) async throws -> CurlAnswer {
     guard isExecutableFile(curlPath) else {
@@ -47,6 +48,7 @@ package func curlRequest(
     if let proxy {
         arguments += ["--proxy", "http://\(proxy)"]
         if tunnel { arguments.append("--proxytunnel") }
+        if let proxyUser { arguments += ["--proxy-user", proxyUser] }
     } else {
         arguments += ["--noproxy", "*"]
     }

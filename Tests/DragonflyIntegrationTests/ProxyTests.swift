@@ -204,6 +204,32 @@ struct ProxyTests {
         }
     }
 
+    @Test(.timeLimit(.minutes(3)))
+    func basicAuthIsRequiredOfProxyRequestsWhenConfigured() async throws {
+        let page = Array("<p>private</p>\n".utf8)
+        try await withNginxOrigin { origin in
+            try origin.writeFile("page.html", contents: page)
+            let yaml = "proxy:\n  basicAuth:\n    username: alice\n    password: 's3cret pass'\n"
+            try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: yaml) { cluster in
+                let proxy = try Self.proxy(of: cluster.daemons[0])
+                let url = origin.url(for: "page.html")
+                for tunnel in [false, true] {
+                    let anonymous = try await curlRequest(url, proxy: proxy, tunnel: tunnel)
+                    #expect(anonymous.status == 407, "tunnel \(tunnel)")
+                    #expect(anonymous.header("Proxy-Authenticate") == "Basic realm=\"dragonfly\"")
+                    let wrong = try await curlRequest(url, proxy: proxy, tunnel: tunnel, proxyUser: "alice:nope")
+                    #expect(wrong.status == 407, "tunnel \(tunnel)")
+                    let allowed = try await curlRequest(
+                        url, proxy: proxy, tunnel: tunnel, proxyUser: "alice:s3cret pass")
+                    #expect(allowed.status == 200, "tunnel \(tunnel)")
+                    #expect(allowed.body == page)
+                }
+                // nginx saw only the two authorised requests.
+                #expect(try origin.accessLog().count == 2)
+            }
+        }
+    }
+
     /// What concurrent requests of a test ended with.
     actor Outcomes {
         var entries: [String] = []

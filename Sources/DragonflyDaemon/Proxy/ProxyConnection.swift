@@ -86,6 +86,16 @@ struct ProxyConnection {
         var isBlob = false
         let lowered = head.uri.prefix(8).lowercased()
         if lowered.hasPrefix("http://") || lowered.hasPrefix("https://") {
+            guard
+                ProxyAuthorization.isAuthorized(
+                    head.headers.first(name: "Proxy-Authorization"),
+                    required: context.configuration.requiredAuthorization)
+            else {
+                context.metrics?.proxyRejected.increment()
+                return try await responder.text(
+                    .proxyAuthenticationRequired, "the proxy needs Proxy-Authorization (basic)",
+                    extra: [("Proxy-Authenticate", "Basic realm=\"dragonfly\"")])
+            }
             route = context.configuration.rules.route(
                 url: head.uri, method: head.method.rawValue, forceP2P: forceP2P)
         } else if head.uri.hasPrefix("/") {

@@ -26,6 +26,8 @@ package struct ProxyServerConfiguration: Sendable {
     package var rules: ProxyRuleSet
     /// Upstreams of registry mirror requests.
     package var mirror: RegistryMirror
+    /// The `Proxy-Authorization` value required of proxy requests, or nil when none is.
+    package var requiredAuthorization: String?
 
     package init(config: DaemonConfig) throws(DragonflyError) {
         address = config.listen.proxy
@@ -35,6 +37,10 @@ package struct ProxyServerConfiguration: Sendable {
         maximumHeaderBytes = Int(config.proxy.maxHeaderBytes.bytes)
         rules = try ProxyRuleSet(rules: config.proxy.rules)
         mirror = RegistryMirror(config: config.proxy.registryMirror)
+        let auth = config.proxy.basicAuth
+        requiredAuthorization =
+            auth.username.isEmpty
+            ? nil : "Basic " + ProxyAuthorization.base64(Array("\(auth.username):\(auth.password)".utf8))
     }
 }
 
@@ -143,7 +149,7 @@ package struct ProxyServer: Service {
                             kind.whenSuccess { kind in
                                 switch kind {
                                 case .http(let channel, _): channel.channel.close(promise: nil)
-                                case .tunnel(let channel, _): channel.channel.close(promise: nil)
+                                case .tunnel(let channel, _, _): channel.channel.close(promise: nil)
                                 case .refused: break
                                 }
                             }
@@ -156,11 +162,11 @@ package struct ProxyServer: Service {
                                 await ProxyConnection(
                                     connection: connection, activity: activity, context: context, logger: logger
                                 ).serve()
-                            case .tunnel(let client, let authority):
+                            case .tunnel(let client, let authority, let authorization):
                                 await ProxyTunnel(
-                                    client: client, authority: authority, context: context, logger: logger
-                                )
-                                .run()
+                                    client: client, authority: authority, authorization: authorization,
+                                    context: context, logger: logger
+                                ).run()
                             case .refused, nil:
                                 break
                             }

@@ -11,7 +11,7 @@ enum ProxyChannel: Sendable {
     /// HTTP requests (absolute-URI proxy requests and registry mirror requests).
     case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, ConnectionActivity)
     /// A `CONNECT host:port` whose head was read; the bytes after the head are raw tunnel bytes.
-    case tunnel(NIOAsyncChannel<ByteBuffer, ByteBuffer>, authority: String)
+    case tunnel(NIOAsyncChannel<ByteBuffer, ByteBuffer>, authority: String, authorization: String?)
     /// A `CONNECT` that was answered with an error and closed by the sniffer.
     case refused
 }
@@ -111,8 +111,11 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
             refuse(context: context, "400 Bad Request")
             return
         }
+        let authorization = head.split(separator: "\r\n").dropFirst().first {
+            $0.lowercased().hasPrefix("proxy-authorization:")
+        }.map { String($0.dropFirst("proxy-authorization:".count)).trimmingSpaces() }
         becomeTunnel(
-            context: context, authority: authority,
+            context: context, authority: authority, authorization: authorization,
             leftover: buffer.getSlice(
                 at: buffer.readerIndex + headLength, length: buffer.readableBytes - headLength))
     }
@@ -154,11 +157,13 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
         }
     }
 
-    private func becomeTunnel(context: ChannelHandlerContext, authority: String, leftover: ByteBuffer?) {
+    private func becomeTunnel(
+        context: ChannelHandlerContext, authority: String, authorization: String?, leftover: ByteBuffer?
+    ) {
         finishDecision(context: context)
         do {
             let channel = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: context.channel)
-            promise.succeed(.tunnel(channel, authority: authority))
+            promise.succeed(.tunnel(channel, authority: authority, authorization: authorization))
             if let leftover, leftover.readableBytes > 0 {
                 context.fireChannelRead(wrapInboundOut(leftover))
                 context.fireChannelReadComplete()
@@ -186,10 +191,20 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
 struct ProxyTunnel {
     let client: NIOAsyncChannel<ByteBuffer, ByteBuffer>
     let authority: String
+    /// The `CONNECT`'s `Proxy-Authorization` value.
+    let authorization: String?
     let context: ProxyContext
     let logger: Logger
 
     func run() async {
+        guard ProxyAuthorization.isAuthorized(authorization, required: context.configuration.requiredAuthorization)
+        else {
+            context.metrics?.proxyRejected.increment()
+            await reply(
+                "407 Proxy Authentication Required", "the proxy needs Proxy-Authorization (basic)",
+                extra: "Proxy-Authenticate: Basic realm=\"dragonfly\"\r\n")
+            return
+        }
         let limit = context.configuration.maximumConcurrentRequests
         let running = context.counters.requests.add(1, ordering: .relaxed).newValue
         defer { context.counters.requests.subtract(1, ordering: .relaxed) }
