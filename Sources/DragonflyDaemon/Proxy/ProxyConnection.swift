@@ -290,7 +290,8 @@ enum ProxyHeaders {
     ]
 
     /// The request headers to send upstream: without hop-by-hop headers, those `Connection` names, the
-    /// `X-Dragonfly-*` controls and `Content-Length` (the client library frames the body).
+    /// `X-Dragonfly-*` controls, `Content-Length` (the client library frames the body) and `Expect` (the body is
+    /// streamed up as the client sends it, without an interim response).
     static func upstream(_ headers: HTTPHeaders) -> HTTPHeaders {
         let named = Set(
             headers["Connection"].flatMap { $0.split(separator: ",") }.map {
@@ -300,7 +301,7 @@ enum ProxyHeaders {
         for (name, value) in headers {
             let lowered = name.lowercased()
             if hopByHop.contains(lowered) || named.contains(lowered) || lowered.hasPrefix("x-dragonfly-")
-                || lowered == "content-length"
+                || lowered == "content-length" || lowered == "expect"
             {
                 continue
             }
