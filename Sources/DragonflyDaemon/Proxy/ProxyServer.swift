@@ -49,15 +49,17 @@ package struct ProxyServerConfiguration: Sendable {
 /// - Absolute-URI requests (`GET http://host/path`) are proxied: the first ``ProxyRuleSet`` rule matching the
 ///   URL decides; a GET that goes P2P is served from the task of that URL (the daemon's ``TaskDownloading``, so
 ///   the bytes come from peers, the cache or the origin as for `get`), streamed in order as pieces are stored,
-///   one store chunk at a time with the socket's backpressure (memory does not grow with the file). Every
+///   at most two store chunks in flight with the socket's backpressure (memory does not grow with the file). Every
 ///   other request is forwarded to the origin as it is, body streamed both ways.
 /// - Origin-form requests (`GET /v2/…`) are registry mirror requests: the upstream comes from
 ///   `X-Dragonfly-Registry`, else `ns`, else `proxy.registryMirror.url`; blob GETs go P2P, the rest (pings,
 ///   manifests, tags, tokens, HEAD) is forwarded with status and headers unchanged.
 /// - `Range` on a P2P GET → 206 with the exact `Content-Range`/`Content-Length` from the task's pieces, or 416.
 /// - P2P responses carry `X-Dragonfly-Task-ID`; an origin error comes back with the origin's status and headers.
-/// - Limits: `maximumConcurrentRequests` (429 beyond), `maximumConnections`, the head size (431), the idle
-///   timeout. Malformed requests get 400 from NIO's HTTP error handler; `CONNECT` gets 501 for now.
+/// - `CONNECT host:port` as a connection's first request opens a tunnel (``ProxyTunnel``): bytes relayed
+///   untouched both ways; HTTPS is not intercepted (no `hijackHTTPS` yet).
+/// - Limits: `maximumConcurrentRequests` (429 beyond; tunnels count), `maximumConnections`, the head size (431),
+///   the idle timeout, optional basic auth (407). Malformed requests get 400 from NIO's HTTP error handler.
 package struct ProxyServer: Service {
     /// The bound `IP:port`, named `proxy`.
     package let listener: ListenerAddress
