@@ -53,6 +53,9 @@ struct ProxyTests {
                 #expect(try await cluster.downloadBytes(of: second, source: .origin) == 0)
                 #expect(try await Self.proxyRequests(cluster, first, route: "p2p") == 2)
                 #expect(try await Self.proxyRequests(cluster, second, route: "p2p") == 1)
+                let served = try await cluster.metrics(of: first).value(
+                    first.metricPrefix + "proxy_response_bytes_total", labels: ["route": "p2p"])
+                #expect(served == Double(2 * size))
             }
         }
     }
