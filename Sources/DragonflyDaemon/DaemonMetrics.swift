@@ -16,6 +16,12 @@ package struct DaemonMetrics: Sendable {
     package let proxyP2P: Counter
     /// Proxy requests forwarded to their origin as they are.
     package let proxyDirect: Counter
+    /// Body bytes the proxy sent to clients from tasks (P2P responses).
+    package let proxyP2PBytes: Counter
+    /// Body bytes the proxy relayed from origins (direct responses).
+    package let proxyDirectBytes: Counter
+    /// `CONNECT` tunnels opened.
+    package let proxyTunnel: Counter
     /// Proxy requests refused (over the concurrency limit, malformed, unsupported).
     package let proxyRejected: Counter
 
@@ -34,11 +40,25 @@ package struct DaemonMetrics: Sendable {
         func proxyCounter(_ route: String) -> Counter {
             let descriptor = MetricNameDescriptor(
                 namespace: "dragonfly", subsystem: telemetry.role, metricName: "proxy_requests", unitName: "total",
-                helpText: "Proxy requests by how they were served (p2p, direct, rejected).")
+                helpText: "Proxy requests by how they were served (p2p, direct, tunnel, rejected).")
             return telemetry.registry.makeCounter(descriptor: descriptor, labels: [("route", route)])
         }
         proxyP2P = proxyCounter("p2p")
         proxyDirect = proxyCounter("direct")
         proxyRejected = proxyCounter("rejected")
+        proxyTunnel = proxyCounter("tunnel")
+        let bytesHelp = "Body bytes the proxy sent to clients, by how the response was served (p2p, direct)."
+        proxyP2PBytes = telemetry.registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "dragonfly", subsystem: telemetry.role, metricName: "proxy_response",
+                unitName: "bytes_total",
+                helpText: bytesHelp),
+            labels: [("route", "p2p")])
+        proxyDirectBytes = telemetry.registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "dragonfly", subsystem: telemetry.role, metricName: "proxy_response",
+                unitName: "bytes_total",
+                helpText: bytesHelp),
+            labels: [("route", "direct")])
     }
 }

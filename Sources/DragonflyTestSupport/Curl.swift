@@ -1,6 +1,6 @@
 import Foundation
 
-/// A whole HTTP answer read by ``curlRequest(_:proxy:method:headers:body:timeLimit:)``.
+/// A whole HTTP answer read by ``curlRequest(_:proxy:method:headers:body:tunnel:proxyUser:timeLimit:)``.
 package struct CurlAnswer: Sendable {
     /// The final response's status (after any `100 Continue`).
     package var status: Int
@@ -19,7 +19,8 @@ package struct CurlAnswer: Sendable {
 /// Sends one request with curl and returns the answer, any status included.
 ///
 /// With `proxy` (`IP:port`) the request goes through that HTTP proxy as an absolute-URI request, as every
-/// `HTTP_PROXY` client sends it; without, directly (proxy variables ignored). `HEAD` uses `--head`.
+/// `HTTP_PROXY` client sends it (with `tunnel`, inside a `CONNECT` tunnel); without, directly (proxy
+/// variables ignored). `HEAD` uses `--head`.
 ///
 /// - Throws: ``TestSupportError/Code/commandFailed`` with curl's message when no HTTP answer came.
 package func curlRequest(
@@ -28,6 +29,8 @@ package func curlRequest(
     method: String = "GET",
     headers: [(String, String)] = [],
     body: [UInt8]? = nil,
+    tunnel: Bool = false,
+    proxyUser: String? = nil,
     timeLimit: Duration = .seconds(120)
 ) async throws -> CurlAnswer {
     guard isExecutableFile(curlPath) else {
@@ -44,6 +47,8 @@ package func curlRequest(
     ]
     if let proxy {
         arguments += ["--proxy", "http://\(proxy)"]
+        if tunnel { arguments.append("--proxytunnel") }
+        if let proxyUser { arguments += ["--proxy-user", proxyUser] }
     } else {
         arguments += ["--noproxy", "*"]
     }

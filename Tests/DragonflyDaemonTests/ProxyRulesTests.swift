@@ -124,4 +124,19 @@ import Testing
         #expect(TaskID.make(url: base) == TaskID.make(url: base + "?ns=127.0.0.1:15000"))
         #expect(TaskID.make(url: base) == TaskID.make(url: base + "?X-Amz-Signature=abc&X-Amz-Date=1"))
     }
+
+    @Test func basicAuthorizationComparesTheWholeValue() {
+        #expect(ProxyAuthorization.base64(Array("Aladdin:open sesame".utf8)) == "QWxhZGRpbjpvcGVuIHNlc2FtZQ==")
+        #expect(ProxyAuthorization.base64(Array("a".utf8)) == "YQ==")
+        #expect(ProxyAuthorization.base64(Array("ab".utf8)) == "YWI=")
+        #expect(ProxyAuthorization.base64([]) == "")
+        let required = "Basic " + ProxyAuthorization.base64(Array("u:p".utf8))
+        #expect(ProxyAuthorization.isAuthorized(nil, required: nil))
+        #expect(ProxyAuthorization.isAuthorized(required, required: required))
+        #expect(ProxyAuthorization.isAuthorized(" \(required) ", required: required))
+        #expect(!ProxyAuthorization.isAuthorized(nil, required: required))
+        #expect(!ProxyAuthorization.isAuthorized(required + "x", required: required))
+        #expect(!ProxyAuthorization.isAuthorized(String(required.dropLast()), required: required))
+        #expect(!ProxyAuthorization.isAuthorized("Basic dTpx", required: required))
+    }
 }

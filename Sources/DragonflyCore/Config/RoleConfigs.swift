@@ -117,6 +117,18 @@ package struct DaemonConfig: RoleConfiguration {
         package var rules: [ProxyRule] = ProxyRule.defaults
         /// Where requests without an absolute URI (registry mirror requests) go.
         package var registryMirror = RegistryMirrorConfig()
+        /// Proxy basic authentication for absolute-URI and `CONNECT` requests (407 without it); off when the
+        /// user name is empty. Mirror requests (plain paths) are not asked for it.
+        package var basicAuth = ProxyBasicAuthConfig()
+        package init() {}
+    }
+
+    /// Credentials the proxy asks for.
+    package struct ProxyBasicAuthConfig: Codable, Sendable, Equatable {
+        /// User name; empty turns proxy authentication off.
+        package var username: String = ""
+        /// Password.
+        package var password: String = ""
         package init() {}
     }
 
@@ -195,6 +207,8 @@ package struct DaemonConfig: RoleConfiguration {
                 rule.redirect.isEmpty || !rule.redirect.contains("/"), "proxy.rules[\(index)].redirect",
                 "'\(rule.redirect)' must be a host[:port]")
         }
+        try v.require(
+            !proxy.basicAuth.username.contains(":"), "proxy.basicAuth.username", "must not contain ':'")
         let mirror = proxy.registryMirror.url
         try v.require(
             (mirror.hasPrefix("http://") || mirror.hasPrefix("https://"))

@@ -3,6 +3,7 @@ import DragonflyCore
 import Logging
 import NIOCore
 import NIOHTTP1
+import Prometheus
 
 /// Forwards one request to its origin as it is and streams the answer back with its status and headers (only
 /// hop-by-hop headers dropped). The request body streams up as the client sends it, the response body down
@@ -42,6 +43,7 @@ struct DirectForward {
         if head.method != .HEAD {
             for try await chunk in response.body {
                 try await responder.writeBody(chunk)
+                context.metrics?.proxyDirectBytes.increment(by: Int64(chunk.readableBytes))
             }
         }
         try await responder.finish()

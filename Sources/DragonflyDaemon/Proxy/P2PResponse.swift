@@ -5,6 +5,7 @@ import DragonflyStorage
 import Logging
 import NIOCore
 import NIOHTTP1
+import Prometheus
 import Synchronization
 
 /// Answers a GET from the task of its URL: the daemon's downloader fetches the task (from peers, the cache or
@@ -143,6 +144,7 @@ struct P2PResponse {
         let keepAlive = responder.keepAlive
         responder.writeHead(status, headers: headers, keepAlive: keepAlive)
         let responder = self.responder
+        let metrics = context.metrics
         if let pieces = PieceMath.pieces(covering: bytes, contentLength: length, pieceLength: info.pieceLength) {
             for number in pieces {
                 try await waitForPiece(number, taskID: taskID, watch: watch)
@@ -150,6 +152,7 @@ struct P2PResponse {
                 let end = min(Int64(number + 1) * info.pieceLength, bytes.upperBound)
                 try await store.readRange(taskID: taskID, range: start..<end) { chunk in
                     try await responder.writeBody(chunk)
+                    metrics?.proxyP2PBytes.increment(by: Int64(chunk.readableBytes))
                 }
             }
         }

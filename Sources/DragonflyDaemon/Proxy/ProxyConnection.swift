@@ -66,10 +66,10 @@ struct ProxyConnection {
                 close: true)
         }
         if head.method == .CONNECT {
+            // A CONNECT is only understood as a connection's first request (see ProxyProtocolSniffer).
             context.metrics?.proxyRejected.increment()
             return try await responder.text(
-                .notImplemented, "CONNECT tunnelling is not supported by this proxy yet; use http:// URLs",
-                close: true)
+                .badRequest, "CONNECT must be the first request of a connection", close: true)
         }
         let limit = context.configuration.maximumConcurrentRequests
         let running = context.counters.requests.add(1, ordering: .relaxed).newValue
@@ -86,6 +86,16 @@ struct ProxyConnection {
         var isBlob = false
         let lowered = head.uri.prefix(8).lowercased()
         if lowered.hasPrefix("http://") || lowered.hasPrefix("https://") {
+            guard
+                ProxyAuthorization.isAuthorized(
+                    head.headers.first(name: "Proxy-Authorization"),
+                    required: context.configuration.requiredAuthorization)
+            else {
+                context.metrics?.proxyRejected.increment()
+                return try await responder.text(
+                    .proxyAuthenticationRequired, "the proxy needs Proxy-Authorization (basic)",
+                    extra: [("Proxy-Authenticate", "Basic realm=\"dragonfly\"")])
+            }
             route = context.configuration.rules.route(
                 url: head.uri, method: head.method.rawValue, forceP2P: forceP2P)
         } else if head.uri.hasPrefix("/") {
@@ -280,7 +290,8 @@ enum ProxyHeaders {
     ]
 
     /// The request headers to send upstream: without hop-by-hop headers, those `Connection` names, the
-    /// `X-Dragonfly-*` controls and `Content-Length` (the client library frames the body).
+    /// `X-Dragonfly-*` controls, `Content-Length` (the client library frames the body) and `Expect` (the body is
+    /// streamed up as the client sends it, without an interim response).
     static func upstream(_ headers: HTTPHeaders) -> HTTPHeaders {
         let named = Set(
             headers["Connection"].flatMap { $0.split(separator: ",") }.map {
@@ -290,7 +301,7 @@ enum ProxyHeaders {
         for (name, value) in headers {
             let lowered = name.lowercased()
             if hopByHop.contains(lowered) || named.contains(lowered) || lowered.hasPrefix("x-dragonfly-")
-                || lowered == "content-length"
+                || lowered == "content-length" || lowered == "expect"
             {
                 continue
             }

@@ -220,3 +220,36 @@ package struct RegistryMirror: Sendable {
         return hex.utf8.count == 64 && hex.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
     }
 }
+
+/// Proxy basic authentication (RFC 7617 over `Proxy-Authorization`).
+package enum ProxyAuthorization {
+    /// Whether `header` carries the required credentials (always true when none are required). Compares in
+    /// time independent of where the values differ.
+    package static func isAuthorized(_ header: String?, required: String?) -> Bool {
+        guard let required else { return true }
+        guard let header else { return false }
+        let given = Array(header.trimmingSpaces().utf8)
+        let expected = Array(required.utf8)
+        var difference = given.count ^ expected.count
+        for index in 0..<expected.count {
+            difference |= Int(expected[index] ^ (index < given.count ? given[index] : 0))
+        }
+        return difference == 0
+    }
+
+    /// Standard base64 with padding.
+    package static func base64(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out: [UInt8] = []
+        var index = 0
+        while index < bytes.count {
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
+            let value = chunk.enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (16 - 8 * UInt32($1.offset)) }
+            for position in 0..<4 {
+                out.append(position <= chunk.count ? alphabet[Int((value >> (18 - 6 * UInt32(position))) & 63)] : 61)
+            }
+            index += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -26,6 +26,8 @@ package struct ProxyServerConfiguration: Sendable {
     package var rules: ProxyRuleSet
     /// Upstreams of registry mirror requests.
     package var mirror: RegistryMirror
+    /// The `Proxy-Authorization` value required of proxy requests, or nil when none is.
+    package var requiredAuthorization: String?
 
     package init(config: DaemonConfig) throws(DragonflyError) {
         address = config.listen.proxy
@@ -35,6 +37,10 @@ package struct ProxyServerConfiguration: Sendable {
         maximumHeaderBytes = Int(config.proxy.maxHeaderBytes.bytes)
         rules = try ProxyRuleSet(rules: config.proxy.rules)
         mirror = RegistryMirror(config: config.proxy.registryMirror)
+        let auth = config.proxy.basicAuth
+        requiredAuthorization =
+            auth.username.isEmpty
+            ? nil : "Basic " + ProxyAuthorization.base64(Array("\(auth.username):\(auth.password)".utf8))
     }
 }
 
@@ -43,15 +49,17 @@ package struct ProxyServerConfiguration: Sendable {
 /// - Absolute-URI requests (`GET http://host/path`) are proxied: the first ``ProxyRuleSet`` rule matching the
 ///   URL decides; a GET that goes P2P is served from the task of that URL (the daemon's ``TaskDownloading``, so
 ///   the bytes come from peers, the cache or the origin as for `get`), streamed in order as pieces are stored,
-///   one store chunk at a time with the socket's backpressure (memory does not grow with the file). Every
+///   at most two store chunks in flight with the socket's backpressure (memory does not grow with the file). Every
 ///   other request is forwarded to the origin as it is, body streamed both ways.
 /// - Origin-form requests (`GET /v2/…`) are registry mirror requests: the upstream comes from
 ///   `X-Dragonfly-Registry`, else `ns`, else `proxy.registryMirror.url`; blob GETs go P2P, the rest (pings,
 ///   manifests, tags, tokens, HEAD) is forwarded with status and headers unchanged.
 /// - `Range` on a P2P GET → 206 with the exact `Content-Range`/`Content-Length` from the task's pieces, or 416.
 /// - P2P responses carry `X-Dragonfly-Task-ID`; an origin error comes back with the origin's status and headers.
-/// - Limits: `maximumConcurrentRequests` (429 beyond), `maximumConnections`, the head size (431), the idle
-///   timeout. Malformed requests get 400 from NIO's HTTP error handler; `CONNECT` gets 501 for now.
+/// - `CONNECT host:port` as a connection's first request opens a tunnel (``ProxyTunnel``): bytes relayed
+///   untouched both ways; HTTPS is not intercepted (no `hijackHTTPS` yet).
+/// - Limits: `maximumConcurrentRequests` (429 beyond; tunnels count), `maximumConnections`, the head size (431),
+///   the idle timeout, optional basic auth (407). Malformed requests get 400 from NIO's HTTP error handler.
 package struct ProxyServer: Service {
     /// The bound `IP:port`, named `proxy`.
     package let listener: ListenerAddress
@@ -84,10 +92,10 @@ package struct ProxyServer: Service {
     package var requestsInFlight: Int { counters.requests.load(ordering: .relaxed) }
 
     package func run() async throws {
-        typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
         let address = configuration.address
         let idle = TimeAmount(configuration.idleTimeout)
-        let serverChannel: NIOAsyncChannel<(Connection, ConnectionActivity), Never>
+        let serverChannel: NIOAsyncChannel<EventLoopFuture<ProxyChannel>, Never>
+        let maximumHeadBytes = configuration.maximumHeaderBytes
         do {
             serverChannel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -95,13 +103,12 @@ package struct ProxyServer: Service {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: address.host, port: address.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let pipeline = channel.pipeline.syncOperations
-                        try pipeline.configureHTTPServerPipeline(
-                            withPipeliningAssistance: false, withErrorHandling: true)
-                        try pipeline.addHandler(IdleStateHandler(readTimeout: idle))
-                        let activity = ConnectionActivity()
-                        try pipeline.addHandler(ProxyIdleCloser(activity: activity))
-                        return (try Connection(wrappingChannelSynchronously: channel), activity)
+                        // The connection's kind (HTTP or CONNECT tunnel) is known after its first bytes.
+                        let promise = channel.eventLoop.makePromise(of: ProxyChannel.self)
+                        try channel.pipeline.syncOperations.addHandler(
+                            ProxyProtocolSniffer(
+                                maximumHeadBytes: maximumHeadBytes, idleTimeout: idle, promise: promise))
+                        return promise.futureResult
                     }
                 }
         } catch {
@@ -136,19 +143,35 @@ package struct ProxyServer: Service {
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 try await serverChannel.executeThenClose { inbound in
-                    for try await (connection, activity) in inbound.cancelOnGracefulShutdown() {
+                    for try await kind in inbound.cancelOnGracefulShutdown() {
                         let open = counters.connections.add(1, ordering: .relaxed).newValue
                         guard open <= maximumConnections else {
                             counters.connections.subtract(1, ordering: .relaxed)
                             logger.debug("proxy refuses a connection over the limit")
-                            connection.channel.close(promise: nil)
+                            kind.whenSuccess { kind in
+                                switch kind {
+                                case .http(let channel, _): channel.channel.close(promise: nil)
+                                case .tunnel(let channel, _, _): channel.channel.close(promise: nil)
+                                case .refused: break
+                                }
+                            }
                             continue
                         }
                         group.addTask {
                             defer { counters.connections.subtract(1, ordering: .relaxed) }
-                            await ProxyConnection(
-                                connection: connection, activity: activity, context: context, logger: logger
-                            ).serve()
+                            switch try? await kind.get() {
+                            case .http(let connection, let activity):
+                                await ProxyConnection(
+                                    connection: connection, activity: activity, context: context, logger: logger
+                                ).serve()
+                            case .tunnel(let client, let authority, let authorization):
+                                await ProxyTunnel(
+                                    client: client, authority: authority, authorization: authorization,
+                                    context: context, logger: logger
+                                ).run()
+                            case .refused, nil:
+                                break
+                            }
                         }
                     }
                 }
@@ -178,7 +201,7 @@ struct ProxyContext: Sendable {
 }
 
 /// Closes a connection that sent nothing for the idle timeout, unless a response is in progress.
-private final class ProxyIdleCloser: ChannelInboundHandler, Sendable {
+final class ProxyIdleCloser: ChannelInboundHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
 

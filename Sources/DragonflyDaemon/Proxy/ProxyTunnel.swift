@@ -1,0 +1,287 @@
+import DragonflyCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+import Synchronization
+
+/// What a new proxy connection turned out to be, decided from its first bytes by ``ProxyProtocolSniffer``.
+enum ProxyChannel: Sendable {
+    /// HTTP requests (absolute-URI proxy requests and registry mirror requests).
+    case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, ConnectionActivity)
+    /// A `CONNECT host:port` whose head was read; the bytes after the head are raw tunnel bytes.
+    case tunnel(NIOAsyncChannel<ByteBuffer, ByteBuffer>, authority: String, authorization: String?)
+    /// A `CONNECT` that was answered with an error and closed by the sniffer.
+    case refused
+}
+
+/// The first handler of a proxy connection: reads until it can tell a `CONNECT` from any other request, then
+/// configures the pipeline for HTTP (NIO's HTTP server handlers, idle timeout) or for a raw tunnel, re-delivers
+/// the bytes it held and removes itself. Holds at most `maximumHeadBytes`; a connection that says nothing for
+/// `idleTimeout` is closed.
+final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private static let connect = Array("CONNECT ".utf8)
+    private static let headEnd = Array("\r\n\r\n".utf8)
+
+    private let maximumHeadBytes: Int
+    private let idleTimeout: TimeAmount
+    private let promise: EventLoopPromise<ProxyChannel>
+    private var buffered: ByteBuffer?
+    private var decided = false
+    private var timer: Scheduled<Void>?
+
+    init(maximumHeadBytes: Int, idleTimeout: TimeAmount, promise: EventLoopPromise<ProxyChannel>) {
+        self.maximumHeadBytes = maximumHeadBytes
+        self.idleTimeout = idleTimeout
+        self.promise = promise
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let promise = self.promise
+        timer = context.eventLoop.scheduleTask(in: idleTimeout) {
+            promise.fail(DragonflyError(code: .deadlineExceeded, message: "the client sent no request"))
+            channel.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        if !decided {
+            decided = true
+            promise.fail(DragonflyError(code: .cancelled, message: "the connection closed before a request"))
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !decided else {
+            context.fireChannelRead(data)
+            return
+        }
+        var bytes = unwrapInboundIn(data)
+        if buffered == nil {
+            buffered = bytes
+        } else {
+            buffered?.writeBuffer(&bytes)
+        }
+        decide(context: context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !decided {
+            decided = true
+            timer?.cancel()
+            promise.fail(DragonflyError(code: .cancelled, message: "the connection closed before a request"))
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !decided {
+            decided = true
+            timer?.cancel()
+            promise.fail(error)
+            context.close(promise: nil)
+            return
+        }
+        context.fireErrorCaught(error)
+    }
+
+    private func decide(context: ChannelHandlerContext) {
+        guard let buffer = buffered else { return }
+        let view = buffer.readableBytesView
+        let compared = min(view.count, Self.connect.count)
+        guard view.prefix(compared).elementsEqual(Self.connect.prefix(compared)) else {
+            becomeHTTP(context: context)
+            return
+        }
+        guard let end = view.firstRange(of: Self.headEnd) else {
+            if view.count > maximumHeadBytes { refuse(context: context, "431 Request Header Fields Too Large") }
+            return
+        }
+        let headLength = end.upperBound - view.startIndex
+        let head = String(decoding: view.prefix(headLength - 4), as: UTF8.self)
+        let requestLine = head.split(separator: "\r\n", maxSplits: 1).first ?? ""
+        let parts = requestLine.split(separator: " ")
+        guard parts.count == 3, parts[2].hasPrefix("HTTP/1."), let authority = Self.validAuthority(parts[1]) else {
+            refuse(context: context, "400 Bad Request")
+            return
+        }
+        let authorization = head.split(separator: "\r\n").dropFirst().first {
+            $0.lowercased().hasPrefix("proxy-authorization:")
+        }.map { String($0.dropFirst("proxy-authorization:".count)).trimmingSpaces() }
+        becomeTunnel(
+            context: context, authority: authority, authorization: authorization,
+            leftover: buffer.getSlice(
+                at: buffer.readerIndex + headLength, length: buffer.readableBytes - headLength))
+    }
+
+    /// `host:port` with a port in 1…65535, or nil.
+    static func validAuthority(_ text: Substring) -> String? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (1...65535).contains(port), RegistryMirror.isAuthority(String(text))
+        else { return nil }
+        return String(text)
+    }
+
+    private func finishDecision(context: ChannelHandlerContext) {
+        decided = true
+        timer?.cancel()
+        buffered = nil
+    }
+
+    private func becomeHTTP(context: ChannelHandlerContext) {
+        let held = buffered
+        finishDecision(context: context)
+        do {
+            let pipeline = context.pipeline.syncOperations
+            let activity = ConnectionActivity()
+            try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+            try pipeline.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+            try pipeline.addHandler(ProxyIdleCloser(activity: activity))
+            let channel = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+                wrappingChannelSynchronously: context.channel)
+            promise.succeed(.http(channel, activity))
+            if let held {
+                context.fireChannelRead(wrapInboundOut(held))
+                context.fireChannelReadComplete()
+            }
+            pipeline.removeHandler(context: context, promise: nil)
+        } catch {
+            promise.fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    private func becomeTunnel(
+        context: ChannelHandlerContext, authority: String, authorization: String?, leftover: ByteBuffer?
+    ) {
+        finishDecision(context: context)
+        do {
+            let channel = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: context.channel)
+            promise.succeed(.tunnel(channel, authority: authority, authorization: authorization))
+            if let leftover, leftover.readableBytes > 0 {
+                context.fireChannelRead(wrapInboundOut(leftover))
+                context.fireChannelReadComplete()
+            }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        } catch {
+            promise.fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    private func refuse(context: ChannelHandlerContext, _ status: String) {
+        finishDecision(context: context)
+        promise.succeed(.refused)
+        let response = "HTTP/1.1 \(status)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(ByteBuffer(string: response))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}
+
+/// A `CONNECT` tunnel: the client's bytes go to `host:port` and back untouched, each direction flushed chunk
+/// by chunk with at most two chunks in flight, until either side closes.
+struct ProxyTunnel {
+    let client: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+    let authority: String
+    /// The `CONNECT`'s `Proxy-Authorization` value.
+    let authorization: String?
+    let context: ProxyContext
+    let logger: Logger
+
+    func run() async {
+        guard ProxyAuthorization.isAuthorized(authorization, required: context.configuration.requiredAuthorization)
+        else {
+            context.metrics?.proxyRejected.increment()
+            await reply(
+                "407 Proxy Authentication Required", "the proxy needs Proxy-Authorization (basic)",
+                extra: "Proxy-Authenticate: Basic realm=\"dragonfly\"\r\n")
+            return
+        }
+        let limit = context.configuration.maximumConcurrentRequests
+        let running = context.counters.requests.add(1, ordering: .relaxed).newValue
+        defer { context.counters.requests.subtract(1, ordering: .relaxed) }
+        guard running <= limit else {
+            context.metrics?.proxyRejected.increment()
+            await reply(
+                "429 Too Many Requests", "the proxy is handling \(limit) requests; retry later",
+                extra: "Retry-After: 1\r\n")
+            return
+        }
+        guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...])
+        else { return }
+        var host = String(authority[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let upstream: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        do {
+            upstream = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(10))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            logger.debug("tunnel connect failed", metadata: ["df.error": "\(error)"])
+            await reply("502 Bad Gateway", "cannot connect to \(authority): \(error)")
+            return
+        }
+        context.metrics?.proxyTunnel.increment()
+        do {
+            try await Self.flush(ByteBuffer(string: "HTTP/1.1 200 Connection Established\r\n\r\n"), to: client.channel)
+            try await client.executeThenClose { clientInbound, _ in
+                try await upstream.executeThenClose { upstreamInbound, _ in
+                    await withTaskGroup(of: Void.self) { group in
+                        group.addTask { try? await Self.relay(clientInbound, to: upstream.channel) }
+                        group.addTask { try? await Self.relay(upstreamInbound, to: client.channel) }
+                        await group.next()
+                        group.cancelAll()
+                    }
+                }
+            }
+        } catch {
+            logger.debug("tunnel ended", metadata: ["df.error": "\(error)"])
+            try? await upstream.channel.close()
+            try? await client.channel.close()
+        }
+    }
+
+    /// Copies `inbound` to `channel` until it ends; returns once every byte is on `channel`'s socket.
+    private static func relay(_ inbound: NIOAsyncChannelInboundStream<ByteBuffer>, to channel: any Channel)
+        async throws
+    {
+        var inFlight: EventLoopFuture<Void>?
+        for try await chunk in inbound {
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.writeAndFlush(chunk, promise: promise)
+            let previous = inFlight
+            inFlight = promise.futureResult
+            try await previous?.get()
+        }
+        try await inFlight?.get()
+    }
+
+    private static func flush(_ bytes: ByteBuffer, to channel: any Channel) async throws {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(bytes, promise: promise)
+        try await promise.futureResult.get()
+    }
+
+    /// Answers the `CONNECT` with an error and closes.
+    private func reply(_ status: String, _ message: String, extra: String = "") async {
+        let body = message + "\n"
+        let text =
+            "HTTP/1.1 \(status)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
+            + extra + "Connection: close\r\n\r\n" + body
+        try? await Self.flush(ByteBuffer(string: text), to: client.channel)
+        try? await client.channel.close()
+    }
+}
