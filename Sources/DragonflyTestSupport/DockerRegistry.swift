@@ -11,6 +11,8 @@ package struct DockerRegistry: Sendable {
     package let logPath: String
     /// A scratch directory that lives as long as the registry.
     package let directory: TemporaryDirectory
+    /// `user:password` when the registry wants credentials.
+    package let credentials: String?
 
     /// `host:port`, as an image reference or `registries.conf` location uses it.
     package var authority: String { "\(host):\(port)" }
@@ -71,7 +73,9 @@ package struct DockerRegistry: Sendable {
         try await run(umociPath, ["gc", "--layout", "oci"])
         try await run(
             skopeoPath,
-            ["copy", "--dest-tls-verify=false", "oci:oci:\(tag)", "docker://\(authority)/\(repository):\(tag)"])
+            ["copy", "--dest-tls-verify=false"] + (credentials.map { ["--dest-creds", $0] } ?? []) + [
+                "oci:oci:\(tag)", "docker://\(authority)/\(repository):\(tag)",
+            ])
         let blobs = (try? FileManager.default.contentsOfDirectory(atPath: work + "/oci/blobs/sha256")) ?? []
         return blobs.map { "sha256:" + $0 }
     }
@@ -110,10 +114,17 @@ package func runOCITool(_ executablePath: String, _ arguments: [String], timeLim
         standardError: output.standardError)
 }
 
+/// The htpasswd executable (`apt-get install apache2-utils`), for a registry that wants credentials.
+package let htpasswdPath = "/usr/bin/htpasswd"
+
 /// Starts docker-registry on a free loopback port with storage in a temporary directory, runs `body`, and
 /// kills the registry and deletes its directory at the end, also when `body` throws. Ready means `/v2/`
 /// accepts connections (polled, never a sleep).
+///
+/// - Parameter credentials: When given, the registry answers every request without them with 401 and a
+///   `Basic` challenge (htpasswd auth); ``DockerRegistry/pushImage(repository:tag:layerFile:)`` uses them.
 package func withDockerRegistry<Value>(
+    credentials: (user: String, password: String)? = nil,
     isolation: isolated (any Actor)? = #isolation,
     _ body: (DockerRegistry) async throws -> Value
 ) async throws -> Value {
@@ -124,6 +135,19 @@ package func withDockerRegistry<Value>(
     defer { directory.remove() }
     let port = try freeLoopbackPort()
     let data = try directory.makeDirectory("data")
+    var auth = ""
+    if let credentials {
+        guard isExecutableFile(htpasswdPath) else {
+            throw TestSupportError(code: .binaryNotFound, message: "missing \(htpasswdPath) (scripts/install-deps)")
+        }
+        let output = try await runCommand(
+            htpasswdPath, ["-Bbn", credentials.user, credentials.password], timeLimit: .seconds(30))
+        guard output.status.isSuccess else {
+            throw TestSupportError(code: .commandFailed, message: "htpasswd \(output.status): \(output.standardError)")
+        }
+        let file = try directory.writeFile("htpasswd", text: output.standardOutput)
+        auth = "\nauth:\n  htpasswd: {realm: dragonfly-test, path: \(file)}"
+    }
     let config = try directory.writeFile(
         "config.yml",
         text: """
@@ -136,10 +160,11 @@ package func withDockerRegistry<Value>(
               addr: 127.0.0.1:\(port)
               debug: {addr: ""}
             health:
-              storagedriver: {enabled: false}
+              storagedriver: {enabled: false}\(auth)
             """)
     let registry = DockerRegistry(
-        host: "127.0.0.1", port: port, logPath: directory.appending("registry.stderr"), directory: directory)
+        host: "127.0.0.1", port: port, logPath: directory.appending("registry.stderr"), directory: directory,
+        credentials: credentials.map { "\($0.user):\($0.password)" })
     return try await withLaunchedProcess(
         executablePath: dockerRegistryPath,
         arguments: ["serve", config],

@@ -231,4 +231,37 @@ struct HarborPreheatTests {
             }
         }
     }
+
+    @Test func aRegistryThatWantsCredentialsFailsWithoutThemAndPreheatsWithThem() async throws {
+        try await withDockerRegistry(credentials: ("harbor", "harbor-secret")) { registry in
+            try await registry.pushImage(
+                repository: "private/app", tag: "v1", layerFile: [UInt8](repeating: 9, count: 256 << 10))
+            try await PreheatJobTests().withManagedCluster(seeds: 1, daemons: 1) { api, session, cluster in
+                let token = try await api.createToken(session, scopes: ["job"], expiresIn: 3600)
+                let manifest = "\(registry.baseURL)/v2/private/app/manifests/v1"
+                // Without credentials: the registry's 401 ends the job FAILURE, with a description per URL.
+                let refused = try await api.call(
+                    .POST, "/oapi/v1/jobs", token: token,
+                    json: #"{"type":"preheat","args":{"type":"image","url":"\#(manifest)"}}"#)
+                let refusedID = try #require(refused.json["id"].int, "\(refused.text)")
+                let failed = try await PreheatJobTests().finished(refusedID, api: api, token: token)
+                #expect(failed.json["state"].string == "FAILURE")
+                let failure = failed.json["result"]["job_states"][0]["results"][0]["failure_tasks"][0]
+                #expect(failure["url"].string == manifest)
+                #expect(failure["description"].string?.contains("credentials") == true, "\(failed.text)")
+
+                // With Harbor's basic credentials in the headers: the manifest and the layers are fetched.
+                let basic = Data("harbor:harbor-secret".utf8).base64EncodedString()
+                let allowed = try await api.call(
+                    .POST, "/oapi/v1/jobs", token: token,
+                    json:
+                        #"{"type":"preheat","args":{"type":"image","url":"\#(manifest)","headers":{"Authorization":"Basic \#(basic)"}}}"#
+                )
+                let allowedID = try #require(allowed.json["id"].int, "\(allowed.text)")
+                let done = try await PreheatJobTests().finished(allowedID, api: api, token: token)
+                #expect(done.json["state"].string == "SUCCESS", "\(done.text)\n\(cluster.logs())")
+                #expect(!done.text.contains("harbor-secret") && !done.text.contains(basic), "credentials never shown")
+            }
+        }
+    }
 }
