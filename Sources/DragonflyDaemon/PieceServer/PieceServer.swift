@@ -117,18 +117,9 @@ package struct PieceServer: Service {
                     }
                 }
         } catch {
-            let failure = DragonflyError(
-                code: .unavailable, message: "cannot listen on \(address) (piece listener)", cause: error)
-            listener.fail(failure)
-            throw failure
+            throw listener.bindFailure(error, address: address, name: "piece")
         }
-        let bound = Self.describe(serverChannel.channel.localAddress)
-        listener.fulfil(bound)
-        let logger = {
-            var logger = self.logger
-            logger[metadataKey: "df.listener.address"] = "\(bound)"
-            return logger
-        }()
+        let logger = listener.publishBound(serverChannel.channel.localAddress, logger: self.logger)
         logger.debug("piece server listening")
         defer { logger.debug("piece server stopped") }
 
@@ -449,5 +440,24 @@ private final class IdleConnectionCloser: ChannelInboundHandler, Sendable {
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+}
+
+extension ListenerAddress {
+    /// Publishes the address a listener bound (`IP:port`) and returns `logger` tagged with it.
+    func publishBound(_ local: SocketAddress?, logger: Logger) -> Logger {
+        let bound = PieceServer.describe(local)
+        fulfil(bound)
+        var logger = logger
+        logger[metadataKey: "df.listener.address"] = "\(bound)"
+        return logger
+    }
+
+    /// Records that the `name` listener could not bind `address`; returns the error to throw.
+    func bindFailure(_ error: any Error, address: ListenAddress, name: String) -> DragonflyError {
+        let failure = DragonflyError(
+            code: .unavailable, message: "cannot listen on \(address) (\(name) listener)", cause: error)
+        fail(failure)
+        return failure
     }
 }

@@ -112,18 +112,9 @@ package struct ProxyServer: Service {
                     }
                 }
         } catch {
-            let failure = DragonflyError(
-                code: .unavailable, message: "cannot listen on \(address) (proxy listener)", cause: error)
-            listener.fail(failure)
-            throw failure
+            throw listener.bindFailure(error, address: address, name: "proxy")
         }
-        let bound = PieceServer.describe(serverChannel.channel.localAddress)
-        listener.fulfil(bound)
-        let logger = {
-            var logger = self.logger
-            logger[metadataKey: "df.listener.address"] = "\(bound)"
-            return logger
-        }()
+        let logger = listener.publishBound(serverChannel.channel.localAddress, logger: self.logger)
         logger.debug("proxy listening")
         defer { logger.debug("proxy stopped") }
 

@@ -48,6 +48,16 @@ struct PreheatArgs: Codable {
         case filteredQueryParams = "filtered_query_params"
     }
 
+    /// The arguments of a stored job (normalised when it was created).
+    init(stored args: JSONValue) throws {
+        self = try JSONDecoder().decode(PreheatArgs.self, from: try JSONEncoder().encode(args))
+    }
+
+    /// The URLs of a stored job's arguments; none when they do not read as preheat arguments.
+    static func urls(of args: JSONValue) -> [String] {
+        (try? PreheatArgs(stored: args))?.allURLs ?? []
+    }
+
     /// Every URL of the job: `url` then `urls`, without repeats.
     var allURLs: [String] {
         var seen = Set<String>()

@@ -62,7 +62,7 @@ package struct JobTimeoutService: Service {
                         result: .object([
                             "success_tasks": .array([]),
                             "failure_tasks": .array(
-                                urls(job.args).map { url in
+                                PreheatArgs.urls(of: job.args).map { url in
                                     .object([
                                         "url": .string(url), "hostname": .string(""), "ip": .string(""),
                                         "description": .string(description),
@@ -79,19 +79,7 @@ package struct JobTimeoutService: Service {
     }
 
     static func timeoutSeconds(_ args: JSONValue) -> Double {
-        if case .object(let fields) = args, case .number(let nanoseconds)? = fields["timeout"], nanoseconds > 0 {
-            return nanoseconds / 1e9
-        }
-        return Double(PreheatArgs.defaultTimeoutNanoseconds) / 1e9
-    }
-
-    static func urls(_ args: JSONValue) -> [String] {
-        guard case .object(let fields) = args else { return [] }
-        var result: [String] = []
-        if case .string(let url)? = fields["url"], !url.isEmpty { result.append(url) }
-        if case .array(let urls)? = fields["urls"] {
-            for case .string(let url) in urls where !result.contains(url) { result.append(url) }
-        }
-        return result
+        let nanoseconds = (try? PreheatArgs(stored: args))?.timeout ?? 0
+        return Double(nanoseconds > 0 ? nanoseconds : PreheatArgs.defaultTimeoutNanoseconds) / 1e9
     }
 }

@@ -15,12 +15,14 @@ import Foundation
 /// on PostgreSQL, so replicas never share a row), turns each into a `Job` (an image preheat is resolved into
 /// its layer blob URLs here) and sends it; the results the scheduler streams back go to the database, where any
 /// replica answers for them. Rows of a channel that closes unfinished go back to PENDING for the next channel;
-/// claims are renewed every pass, so the rows of a replica that died are released by the others' timeout
+/// claims are renewed every ``renewInterval``, so the rows of a replica that died are released by the others' timeout
 /// checkers (``JobTimeoutService``) after ``JobTimeoutService/staleClaim`` and claimed where the scheduler
 /// reconnects.
 package final class JobDispatcher: Sendable {
     /// Rows in flight on one channel at most.
     static let maxInFlight = 64
+    /// How often a channel renews its claims (a third of the stale-claim age).
+    static let renewInterval: Duration = .seconds(10)
 
     private struct Channels {
         var nextID: UInt64 = 0
@@ -85,7 +87,16 @@ package final class JobDispatcher: Sendable {
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
+                    let clock = ContinuousClock()
+                    var renewed = clock.now
                     while !Task.isCancelled {
+                        // Claims go stale after JobTimeoutService.staleClaim (30 s): renewing every 10 s is enough,
+                        // and spares the database a write per claim pass.
+                        if clock.now - renewed >= Self.renewInterval {
+                            try await store.renewJobClusterClaims(
+                                ids: Array(inFlight.ids.withLock { $0 }), replica: self.replica)
+                            renewed = clock.now
+                        }
                         try await self.claimAndSend(
                             store: store, clusterID: clusterID, channelID: channelID, inFlight: inFlight, send: send)
                         try await Task.sleep(for: self.claimInterval)
@@ -131,9 +142,7 @@ package final class JobDispatcher: Sendable {
             if channels.owners[clusterID] == nil { channels.owners[clusterID] = channelID }
             return channels.owners[clusterID] == channelID
         }
-        let held = inFlight.ids.withLock { Array($0) }
-        try await store.renewJobClusterClaims(ids: held, replica: replica)
-        let room = Self.maxInFlight - held.count
+        let room = Self.maxInFlight - inFlight.ids.withLock { $0.count }
         guard isOwner, room > 0 else { return }
         let rows = try await store.claimJobClusters(replica: replica, schedulerClusterIDs: [clusterID], limit: room)
         for row in rows {
@@ -151,7 +160,7 @@ package final class JobDispatcher: Sendable {
                 result.schedulerClusterID = UInt64(clusterID)
                 result.state = .failure
                 result.reason = error.message
-                for url in JobTimeoutService.urls(job.args) {
+                for url in PreheatArgs.urls(of: job.args) {
                     var task = Dragonfly_V1_JobTaskResult()
                     task.url = url
                     task.reason = error.message
@@ -169,7 +178,7 @@ package final class JobDispatcher: Sendable {
         }
         let args: PreheatArgs
         do {
-            args = try JSONDecoder().decode(PreheatArgs.self, from: try JSONEncoder().encode(job.args))
+            args = try PreheatArgs(stored: job.args)
         } catch {
             throw DragonflyError(code: .invalidArgument, message: "job \(job.id) has unreadable arguments: \(error)")
         }

@@ -24,7 +24,7 @@ enum ClusterConfigMapping {
         message.schedulerConfigJson = (try? StoredJSON.encode(cluster.config)) ?? "{}"
         message.clientConfigJson = (try? StoredJSON.encode(cluster.clientConfig)) ?? "{}"
 
-        let config = cluster.config.objectValue
+        let config = cluster.config
         var scheduler = Dragonfly_V1_SchedulerSettings()
         if let value = uint32(config["candidate_parent_limit"]) { scheduler.candidateParentLimit = value }
         if let value = uint32(config["filter_parent_limit"]) { scheduler.filterParentLimit = value }
@@ -37,7 +37,7 @@ enum ClusterConfigMapping {
         if case .string(let strategy)? = config["strategy"], !strategy.isEmpty { scheduler.strategy = strategy }
         message.scheduler = scheduler
 
-        let clientConfig = cluster.clientConfig.objectValue
+        let clientConfig = cluster.clientConfig
         var client = Dragonfly_V1_ClientSettings()
         if let value = uint32(clientConfig["concurrent_piece_count"]) { client.concurrentPieceCount = value }
         if let value = uint32(clientConfig["upload_slots"]) { client.uploadSlots = value }
@@ -48,13 +48,5 @@ enum ClusterConfigMapping {
     private static func uint32(_ value: JSONValue?) -> UInt32? {
         guard case .number(let number)? = value, number.rounded() == number else { return nil }
         return UInt32(exactly: number)
-    }
-}
-
-extension JSONValue {
-    /// The members of an object; empty for any other value.
-    var objectValue: [String: JSONValue] {
-        if case .object(let members) = self { return members }
-        return [:]
     }
 }
