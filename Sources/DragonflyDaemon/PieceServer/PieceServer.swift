@@ -425,8 +425,8 @@ final class ConnectionActivity: Sendable {
 }
 
 /// Closes a keep-alive connection that has sent no request for the idle timeout, unless a response is in
-/// progress (a slow response is bounded by its send deadline instead).
-private final class IdleConnectionCloser: ChannelInboundHandler, Sendable {
+/// progress (a slow response is bounded by its send deadline instead). The piece server and the proxy use it.
+final class IdleConnectionCloser: ChannelInboundHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
 

@@ -190,21 +190,3 @@ struct ProxyContext: Sendable {
     let http: HTTPClient
     let counters: ProxyCounters
 }
-
-/// Closes a connection that sent nothing for the idle timeout, unless a response is in progress.
-final class ProxyIdleCloser: ChannelInboundHandler, Sendable {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-
-    private let activity: ConnectionActivity
-
-    init(activity: ConnectionActivity) { self.activity = activity }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            if !activity.isBusy.load(ordering: .relaxed) { context.close(promise: nil) }
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-}

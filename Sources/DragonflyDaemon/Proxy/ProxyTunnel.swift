@@ -142,7 +142,7 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
             let activity = ConnectionActivity()
             try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
             try pipeline.addHandler(IdleStateHandler(readTimeout: idleTimeout))
-            try pipeline.addHandler(ProxyIdleCloser(activity: activity))
+            try pipeline.addHandler(IdleConnectionCloser(activity: activity))
             let channel = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
                 wrappingChannelSynchronously: context.channel)
             promise.succeed(.http(channel, activity))
