@@ -3,6 +3,7 @@ import DragonflyCore
 import DragonflyDaemon
 import DragonflyManager
 import DragonflyScheduler
+import DragonflySource
 import DragonflyTelemetry
 import Logging
 
@@ -140,7 +141,8 @@ struct DaemonOptions: ParsableArguments {
             let (telemetry, logger) = try RoleLauncher.prepare(
                 role: mode.rawValue, config: &config, logLevel: \.log.level, options: options)
         else { return }
-        try await withPluginRegistry { registry in
+        let http = HTTPSourceConfig(caCertificates: config.tls.caCerts, insecureHosts: config.tls.insecureHosts)
+        try await withPluginRegistry(http: http) { registry in
             let services = try makeDaemonServices(
                 config: config, mode: mode, registry: registry, telemetry: telemetry, logger: logger)
             try await RoleRunner.run(services, readyFile: options.readyFile, logger: logger)

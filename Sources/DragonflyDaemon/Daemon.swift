@@ -28,6 +28,8 @@ package func makeDaemonServices(
     let dataDirectory = RolePaths.resolve(config.dataDir, default: RolePaths.defaultDataDirectory(role: role))
     let socket = RolePaths.resolve(config.socket, default: RolePaths.defaultSocket(role: role))
     let lock = try DataDirectoryLock(directory: dataDirectory)
+    // Before anything that holds a connection pool: a bad CA or `tls.*` file ends start-up here.
+    let proxyConfiguration = try ProxyServerConfiguration(config: config)
 
     let daemonMetrics = DaemonMetrics(telemetry: telemetry)
     let medium = try registry.makeMedium(
@@ -56,7 +58,7 @@ package func makeDaemonServices(
         store: store, announcer: announcer, metrics: daemonMetrics, registry: registry, config: config,
         schedulers: schedulers, identity: identity, logger: logger)
     let proxy = ProxyServer(
-        configuration: try ProxyServerConfiguration(config: config), downloader: conductor, store: store,
+        configuration: proxyConfiguration, downloader: conductor, store: store,
         metrics: daemonMetrics, logger: logger)
     let isReady = Published<Void>()
     let peerService = PeerService(

@@ -22,6 +22,8 @@ package struct DaemonMetrics: Sendable {
     package let proxyDirectBytes: Counter
     /// `CONNECT` tunnels opened.
     package let proxyTunnel: Counter
+    /// `CONNECT`s intercepted (TLS ended by the proxy; the requests inside are counted by route too).
+    package let proxyIntercepted: Counter
     /// Proxy requests refused (over the concurrency limit, malformed, unsupported).
     package let proxyRejected: Counter
 
@@ -40,13 +42,14 @@ package struct DaemonMetrics: Sendable {
         func proxyCounter(_ route: String) -> Counter {
             let descriptor = MetricNameDescriptor(
                 namespace: "dragonfly", subsystem: telemetry.role, metricName: "proxy_requests", unitName: "total",
-                helpText: "Proxy requests by how they were served (p2p, direct, tunnel, rejected).")
+                helpText: "Proxy requests by how they were served (p2p, direct, tunnel, intercepted, rejected).")
             return telemetry.registry.makeCounter(descriptor: descriptor, labels: [("route", route)])
         }
         proxyP2P = proxyCounter("p2p")
         proxyDirect = proxyCounter("direct")
         proxyRejected = proxyCounter("rejected")
         proxyTunnel = proxyCounter("tunnel")
+        proxyIntercepted = proxyCounter("intercepted")
         let bytesHelp = "Body bytes the proxy sent to clients, by how the response was served (p2p, direct)."
         proxyP2PBytes = telemetry.registry.makeCounter(
             descriptor: MetricNameDescriptor(

@@ -1,6 +1,6 @@
 import Foundation
 
-/// A whole HTTP answer read by ``curlRequest(_:proxy:method:headers:body:tunnel:proxyUser:timeLimit:)``.
+/// A whole HTTP answer read by ``curlRequest(_:proxy:method:headers:body:tunnel:proxyUser:caCertificate:timeLimit:)``.
 package struct CurlAnswer: Sendable {
     /// The final response's status (after any `100 Continue`).
     package var status: Int
@@ -8,6 +8,9 @@ package struct CurlAnswer: Sendable {
     package var headers: [(name: String, value: String)]
     /// The body bytes.
     package var body: [UInt8]
+    /// curl's message when it exited with an error after some answer (e.g. a `CONNECT`'s 200 followed by a
+    /// TLS failure); nil when it succeeded.
+    package var failure: String? = nil
 
     /// The first value of header `name` (case-insensitive).
     package func header(_ name: String) -> String? {
@@ -31,6 +34,7 @@ package func curlRequest(
     body: [UInt8]? = nil,
     tunnel: Bool = false,
     proxyUser: String? = nil,
+    caCertificate: String? = nil,
     timeLimit: Duration = .seconds(120)
 ) async throws -> CurlAnswer {
     guard isExecutableFile(curlPath) else {
@@ -57,6 +61,7 @@ package func curlRequest(
     } else if method != "GET" || body != nil {
         arguments += ["--request", method]
     }
+    if let caCertificate { arguments += ["--cacert", caCertificate] }
     for (name, value) in headers { arguments += ["--header", "\(name): \(value)"] }
     if let body {
         let path = try directory.writeFile("request-body", contents: body)
@@ -85,5 +90,7 @@ package func curlRequest(
     }
     // With --head, curl writes the headers to --output too: a HEAD answer has no body.
     let bytes = method == "HEAD" ? [] : readFileBytes(bodyPath) ?? []
-    return CurlAnswer(status: status, headers: fields, body: bytes)
+    return CurlAnswer(
+        status: status, headers: fields, body: bytes,
+        failure: output.status.isSuccess ? nil : "curl \(output.status): \(tail(output.standardError))")
 }

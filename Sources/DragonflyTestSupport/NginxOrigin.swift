@@ -77,6 +77,17 @@ package struct NginxOrigin: Sendable {
     package let accessLogPath: String
     /// nginx's error log.
     package let errorLogPath: String
+    /// With `tls: true`: the port of the HTTPS server (the same locations as ``port``).
+    package var tlsPort: Int? = nil
+    /// With `tls: true`: the PEM of nginx's own self-signed certificate, for `127.0.0.1` and `localhost`
+    /// (trust it to reach ``httpsURL(for:)``).
+    package var tlsCertificatePath: String? = nil
+
+    /// `https://127.0.0.1:<tlsPort>/<path>`; only with `tls: true`.
+    package func httpsURL(for path: String, host: String = "127.0.0.1") -> String {
+        precondition(tlsPort != nil, "the origin was started without tls: true")
+        return "https://\(host):\(tlsPort ?? 0)/" + path.drop { $0 == "/" }
+    }
 
     /// `http://127.0.0.1:<port>`.
     package var baseURL: String { "http://\(host):\(port)" }
@@ -176,9 +187,13 @@ package struct NginxOrigin: Sendable {
 /// Readiness is nginx's PID file (written only after its listening socket is bound) plus a successful TCP
 /// connect, never a sleep.
 ///
-/// - Parameter limitRate: A rate limit in bytes per second for every response under `/`; `nil` for none.
+/// - Parameters:
+///   - limitRate: A rate limit in bytes per second for every response under `/`; `nil` for none.
+///   - tls: Also serve HTTPS on a second port, with a self-signed certificate made by `openssl` for
+///     `127.0.0.1` and `localhost` (``NginxOrigin/tlsCertificatePath``).
 package func withNginxOrigin<Value>(
     limitRate: Int? = nil,
+    tls: Bool = false,
     isolation: isolated (any Actor)? = #isolation,
     _ body: (NginxOrigin) async throws -> Value
 ) async throws -> Value {
@@ -192,12 +207,30 @@ package func withNginxOrigin<Value>(
     let root = try directory.makeDirectory("www")
     try directory.makeDirectory("logs")
     try directory.makeDirectory("tmp")
+    var certificate: (certificate: String, key: String)?
+    if tls {
+        let paths = (directory.appending("tls/origin.crt"), directory.appending("tls/origin.key"))
+        try directory.makeDirectory("tls")
+        let output = try await runCommand(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", paths.1, "-out", paths.0, "-days", "2", "-subj", "/CN=dragonfly test origin",
+                "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            ], timeLimit: .seconds(30))
+        guard output.status.isSuccess else {
+            throw TestSupportError(
+                code: .commandFailed,
+                message: "openssl could not make the origin's certificate: \(output.standardError)")
+        }
+        certificate = paths
+    }
 
     let maximumAttempts = 5
     var failures: [String] = []
     for attempt in 1...maximumAttempts {
         let port = try freeLoopbackPort()
-        let origin = NginxOrigin(
+        var origin = NginxOrigin(
             host: "127.0.0.1",
             port: port,
             root: root,
@@ -205,12 +238,17 @@ package func withNginxOrigin<Value>(
             accessLogPath: directory.appending("logs/access.log"),
             errorLogPath: directory.appending("logs/error.log")
         )
+        if let certificate {
+            origin.tlsPort = try freeLoopbackPort()
+            origin.tlsCertificatePath = certificate.certificate
+        }
         let pidFile = directory.appending("logs/nginx.pid")
         _ = try? FileManager.default.removeItem(atPath: pidFile)
         _ = try? FileManager.default.removeItem(atPath: origin.errorLogPath)
         let configPath = try directory.writeFile(
             "nginx.conf",
-            text: nginxConfiguration(origin: origin, pidFile: pidFile, limitRate: limitRate)
+            text: nginxConfiguration(
+                origin: origin, pidFile: pidFile, limitRate: limitRate, tlsKeyPath: certificate?.key)
         )
 
         let outcome: NginxAttempt<Value> = try await withLaunchedProcess(
@@ -270,7 +308,19 @@ private enum NginxAttempt<Value> {
     case portTaken(String)
 }
 
-private func nginxConfiguration(origin: NginxOrigin, pidFile: String, limitRate: Int?) -> String {
+private func nginxConfiguration(origin: NginxOrigin, pidFile: String, limitRate: Int?, tlsKeyPath: String?)
+    -> String
+{
+    let tlsListen =
+        if let tlsPort = origin.tlsPort, let certificate = origin.tlsCertificatePath, let tlsKeyPath {
+            """
+            listen \(origin.host):\(tlsPort) ssl;
+                            ssl_certificate \(certificate);
+                            ssl_certificate_key \(tlsKeyPath);
+            """
+        } else {
+            ""
+        }
     let statusLocations = NginxOrigin.statusCodes
         .map { "        location = /status/\($0) { return \($0); }" }
         .joined(separator: "\n")
@@ -307,6 +357,7 @@ private func nginxConfiguration(origin: NginxOrigin, pidFile: String, limitRate:
             map $arg_bps $dragonfly_rate { "" 0; default $arg_bps; }
             server {
                 listen \(origin.host):\(origin.port);
+                \(tlsListen)
                 root \(origin.root);
                 etag on;
                 location / {

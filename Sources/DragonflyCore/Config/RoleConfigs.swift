@@ -120,6 +120,29 @@ package struct DaemonConfig: RoleConfiguration {
         /// Proxy basic authentication for absolute-URI and `CONNECT` requests (407 without it); off when the
         /// user name is empty. Mirror requests (plain paths) are not asked for it.
         package var basicAuth = ProxyBasicAuthConfig()
+        /// `CONNECT`s to these hosts are intercepted: TLS is ended with a leaf certificate minted from the CA,
+        /// and the requests inside go through the rules like plain proxy requests. Others are tunnelled.
+        package var hijackHTTPS = HijackHTTPSConfig()
+        package init() {}
+    }
+
+    /// HTTPS interception by the proxy (DESIGN §8).
+    package struct HijackHTTPSConfig: Codable, Sendable, Equatable {
+        /// PEM file of the CA certificate that signs the leaf certificates (clients must trust it).
+        package var cert: String = ""
+        /// PEM file of the CA's private key (ECDSA P-256/P-384/P-521, RSA or Ed25519).
+        package var key: String = ""
+        /// Regular expressions matched against a `CONNECT`'s `host:port`; a match is intercepted.
+        package var hosts: [String] = []
+        package init() {}
+    }
+
+    /// TLS settings of the `http`/`https` source client and of the proxy's direct requests (DESIGN §9).
+    package struct SourceTLSConfig: Codable, Sendable, Equatable {
+        /// PEM files of extra trusted root certificates, added to the system's.
+        package var caCerts: [String] = []
+        /// Regular expressions matched against a whole host name whose certificate is not verified.
+        package var insecureHosts: [String] = []
         package init() {}
     }
 
@@ -156,6 +179,8 @@ package struct DaemonConfig: RoleConfiguration {
     package var upload = UploadConfig()
     package var storage = StorageConfig()
     package var proxy = ProxyConfig()
+    /// Trust for HTTPS origins.
+    package var tls = SourceTLSConfig()
     /// Exit after this long without work (auto-started daemons); 0 means never.
     package var idleExit: ConfigDuration = .zero
 
@@ -214,6 +239,22 @@ package struct DaemonConfig: RoleConfiguration {
             (mirror.hasPrefix("http://") || mirror.hasPrefix("https://"))
                 && mirror.split(separator: "/", omittingEmptySubsequences: true).count == 2,
             "proxy.registryMirror.url", "'\(mirror)' must be http(s)://host[:port]")
+        let hijack = proxy.hijackHTTPS
+        for (index, pattern) in hijack.hosts.enumerated() {
+            try v.require(
+                (try? Regex(pattern)) != nil, "proxy.hijackHTTPS.hosts[\(index)]",
+                "'\(pattern)' is not a regular expression")
+        }
+        try v.require(
+            hijack.hosts.isEmpty || !hijack.cert.isEmpty, "proxy.hijackHTTPS.cert",
+            "names no CA certificate, which intercepting hosts needs")
+        try v.require(
+            hijack.hosts.isEmpty || !hijack.key.isEmpty, "proxy.hijackHTTPS.key",
+            "names no CA private key, which intercepting hosts needs")
+        for (index, pattern) in tls.insecureHosts.enumerated() {
+            try v.require(
+                (try? Regex(pattern)) != nil, "tls.insecureHosts[\(index)]", "'\(pattern)' is not a regular expression")
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import DragonflyCore
+import DragonflySource
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -21,6 +22,10 @@ struct DirectForward {
         var request = HTTPClientRequest(url: url)
         request.method = HTTPMethod(rawValue: head.method.rawValue)
         request.headers = ProxyHeaders.upstream(head.headers)
+        if url.lowercased().hasPrefix("https://") {
+            request.tlsConfiguration = context.configuration.originTLS.override(
+                forHost: ProxyProtocolSniffer.host(ofAuthority: Self.authority(of: url)))
+        }
         let declaredLength = head.headers.first(name: "Content-Length").flatMap { Int64($0) }
         let isChunked = head.headers["Transfer-Encoding"].contains { $0.lowercased().contains("chunked") }
         if (declaredLength ?? 0) > 0 || isChunked {

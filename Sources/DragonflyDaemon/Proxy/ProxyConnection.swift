@@ -14,6 +14,9 @@ import Synchronization
 struct ProxyConnection {
     let connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
     let activity: ConnectionActivity
+    /// `https://host[:port]` on an intercepted `CONNECT`: request paths are that origin's, and the proxy's
+    /// credentials were checked on the `CONNECT`.
+    let origin: String?
     let context: ProxyContext
     let logger: Logger
 
@@ -54,7 +57,7 @@ struct ProxyConnection {
     /// Answers one request; returns whether the connection may carry another.
     private func respond(to head: HTTPRequestHead, body: RequestReader) async throws -> Bool {
         let responder = Responder(head: head, channel: connection.channel)
-        if head.method == .GET, head.uri == "/healthy" {
+        if origin == nil, head.method == .GET, head.uri == "/healthy" {
             return try await responder.text(.ok, "OK")
         }
         let headBytes =
@@ -85,11 +88,15 @@ struct ProxyConnection {
         let route: ProxyRoute
         var isBlob = false
         let lowered = head.uri.prefix(8).lowercased()
-        if lowered.hasPrefix("http://") || lowered.hasPrefix("https://") {
+        if let origin, head.uri.hasPrefix("/") {
+            route = context.configuration.rules.route(
+                url: origin + head.uri, method: head.method.rawValue, forceP2P: forceP2P)
+        } else if lowered.hasPrefix("http://") || lowered.hasPrefix("https://") {
             guard
-                ProxyAuthorization.isAuthorized(
-                    head.headers.first(name: "Proxy-Authorization"),
-                    required: context.configuration.requiredAuthorization)
+                origin != nil
+                    || ProxyAuthorization.isAuthorized(
+                        head.headers.first(name: "Proxy-Authorization"),
+                        required: context.configuration.requiredAuthorization)
             else {
                 context.metrics?.proxyRejected.increment()
                 return try await responder.text(

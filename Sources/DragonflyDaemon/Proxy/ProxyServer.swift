@@ -2,11 +2,13 @@ import AsyncHTTPClient
 package import DragonflyCore
 import DragonflyProto
 import DragonflyRPC
+package import DragonflySource
 package import DragonflyStorage
 package import Logging
 package import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 
@@ -28,6 +30,10 @@ package struct ProxyServerConfiguration: Sendable {
     package var mirror: RegistryMirror
     /// The `Proxy-Authorization` value required of proxy requests, or nil when none is.
     package var requiredAuthorization: String?
+    /// Intercepts the `CONNECT`s of `proxy.hijackHTTPS.hosts`; nil when none is intercepted.
+    package var interceptor: HTTPSInterceptor?
+    /// Trust for HTTPS origins of direct requests (`tls.*`, as the source client's).
+    package var originTLS: OriginTLS
 
     package init(config: DaemonConfig) throws(DragonflyError) {
         address = config.listen.proxy
@@ -41,6 +47,14 @@ package struct ProxyServerConfiguration: Sendable {
         requiredAuthorization =
             auth.username.isEmpty
             ? nil : "Basic " + ProxyAuthorization.base64(Array("\(auth.username):\(auth.password)".utf8))
+        interceptor = try HTTPSInterceptor(config: config.proxy.hijackHTTPS)
+        do {
+            originTLS = try OriginTLS(caCertificates: config.tls.caCerts, insecureHosts: config.tls.insecureHosts)
+        } catch let error as DragonflyError {
+            throw error
+        } catch {
+            throw DragonflyError(code: .configuration, message: "tls: \(error)")
+        }
     }
 }
 
@@ -57,7 +71,9 @@ package struct ProxyServerConfiguration: Sendable {
 /// - `Range` on a P2P GET → 206 with the exact `Content-Range`/`Content-Length` from the task's pieces, or 416.
 /// - P2P responses carry `X-Dragonfly-Task-ID`; an origin error comes back with the origin's status and headers.
 /// - `CONNECT host:port` as a connection's first request opens a tunnel (``ProxyTunnel``): bytes relayed
-///   untouched both ways; HTTPS is not intercepted (no `hijackHTTPS` yet).
+///   untouched both ways — unless the host matches `proxy.hijackHTTPS.hosts`: then the proxy ends TLS itself
+///   with a leaf certificate from its CA (``HTTPSInterceptor``) and serves the requests inside as absolute-URI
+///   requests to `https://host[:port]` (rules, P2P, direct forwarding over verified TLS).
 /// - Limits: `maximumConcurrentRequests` (429 beyond; tunnels count), `maximumConnections`, the head size (431),
 ///   the idle timeout, optional basic auth (407). Malformed requests get 400 from NIO's HTTP error handler.
 package struct ProxyServer: Service {
@@ -96,6 +112,8 @@ package struct ProxyServer: Service {
         let idle = TimeAmount(configuration.idleTimeout)
         let serverChannel: NIOAsyncChannel<EventLoopFuture<ProxyChannel>, Never>
         let maximumHeadBytes = configuration.maximumHeaderBytes
+        let interceptor = configuration.interceptor
+        let requiredAuthorization = configuration.requiredAuthorization
         do {
             serverChannel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -107,7 +125,8 @@ package struct ProxyServer: Service {
                         let promise = channel.eventLoop.makePromise(of: ProxyChannel.self)
                         try channel.pipeline.syncOperations.addHandler(
                             ProxyProtocolSniffer(
-                                maximumHeadBytes: maximumHeadBytes, idleTimeout: idle, promise: promise))
+                                maximumHeadBytes: maximumHeadBytes, idleTimeout: idle, interceptor: interceptor,
+                                requiredAuthorization: requiredAuthorization, promise: promise))
                         return promise.futureResult
                     }
                 }
@@ -123,6 +142,7 @@ package struct ProxyServer: Service {
             idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 16)
         clientConfiguration.timeout = .init(connect: .seconds(10), read: .seconds(120))
         clientConfiguration.decompression = .disabled
+        clientConfiguration.tlsConfiguration = configuration.originTLS.verified
         // Redirects reach the client, which follows them through the proxy again.
         clientConfiguration.redirectConfiguration = .disallow
         let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
@@ -141,7 +161,7 @@ package struct ProxyServer: Service {
                             logger.debug("proxy refuses a connection over the limit")
                             kind.whenSuccess { kind in
                                 switch kind {
-                                case .http(let channel, _): channel.channel.close(promise: nil)
+                                case .http(let channel, _, _): channel.channel.close(promise: nil)
                                 case .tunnel(let channel, _, _): channel.channel.close(promise: nil)
                                 case .refused: break
                                 }
@@ -151,9 +171,11 @@ package struct ProxyServer: Service {
                         group.addTask {
                             defer { counters.connections.subtract(1, ordering: .relaxed) }
                             switch try? await kind.get() {
-                            case .http(let connection, let activity):
+                            case .http(let connection, let activity, let origin):
+                                if origin != nil { context.metrics?.proxyIntercepted.increment() }
                                 await ProxyConnection(
-                                    connection: connection, activity: activity, context: context, logger: logger
+                                    connection: connection, activity: activity, origin: origin, context: context,
+                                    logger: logger
                                 ).serve()
                             case .tunnel(let client, let authority, let authorization):
                                 await ProxyTunnel(

@@ -3,13 +3,16 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Prometheus
 import Synchronization
 
 /// What a new proxy connection turned out to be, decided from its first bytes by ``ProxyProtocolSniffer``.
 enum ProxyChannel: Sendable {
-    /// HTTP requests (absolute-URI proxy requests and registry mirror requests).
-    case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, ConnectionActivity)
+    /// HTTP requests (absolute-URI proxy requests and registry mirror requests); with an origin
+    /// (`https://host[:port]`), the decrypted requests of an intercepted `CONNECT`, whose paths are that
+    /// origin's.
+    case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, ConnectionActivity, origin: String?)
     /// A `CONNECT host:port` whose head was read; the bytes after the head are raw tunnel bytes.
     case tunnel(NIOAsyncChannel<ByteBuffer, ByteBuffer>, authority: String, authorization: String?)
     /// A `CONNECT` that was answered with an error and closed by the sniffer.
@@ -17,9 +20,11 @@ enum ProxyChannel: Sendable {
 }
 
 /// The first handler of a proxy connection: reads until it can tell a `CONNECT` from any other request, then
-/// configures the pipeline for HTTP (NIO's HTTP server handlers, idle timeout) or for a raw tunnel, re-delivers
-/// the bytes it held and removes itself. Holds at most `maximumHeadBytes`; a connection that says nothing for
-/// `idleTimeout` is closed.
+/// configures the pipeline for HTTP (NIO's HTTP server handlers, idle timeout), for a raw tunnel, or — for a
+/// `CONNECT` the ``HTTPSInterceptor`` intercepts, once the proxy's credentials check out — answers
+/// `200 Connection Established` itself and puts a TLS server handler (with a leaf certificate for the host)
+/// in front of the HTTP handlers; then re-delivers the bytes it held and removes itself. Holds at most
+/// `maximumHeadBytes`; a connection that says nothing for `idleTimeout` is closed.
 final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -30,13 +35,20 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
     private let maximumHeadBytes: Int
     private let idleTimeout: TimeAmount
     private let promise: EventLoopPromise<ProxyChannel>
+    private let interceptor: HTTPSInterceptor?
+    private let requiredAuthorization: String?
     private var buffered: ByteBuffer?
     private var decided = false
     private var timer: Scheduled<Void>?
 
-    init(maximumHeadBytes: Int, idleTimeout: TimeAmount, promise: EventLoopPromise<ProxyChannel>) {
+    init(
+        maximumHeadBytes: Int, idleTimeout: TimeAmount, interceptor: HTTPSInterceptor?,
+        requiredAuthorization: String?, promise: EventLoopPromise<ProxyChannel>
+    ) {
         self.maximumHeadBytes = maximumHeadBytes
         self.idleTimeout = idleTimeout
+        self.interceptor = interceptor
+        self.requiredAuthorization = requiredAuthorization
         self.promise = promise
     }
 
@@ -114,10 +126,29 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
         let authorization = head.split(separator: "\r\n").dropFirst().first {
             $0.lowercased().hasPrefix("proxy-authorization:")
         }.map { String($0.dropFirst("proxy-authorization:".count)).trimmingSpaces() }
+        let leftover = buffer.getSlice(at: buffer.readerIndex + headLength, length: buffer.readableBytes - headLength)
+        // An unauthorised CONNECT goes the tunnel's way, which answers 407.
+        if let interceptor, interceptor.intercepts(authority: authority),
+            ProxyAuthorization.isAuthorized(authorization, required: requiredAuthorization)
+        {
+            becomeIntercepted(context: context, authority: authority, interceptor: interceptor, leftover: leftover)
+            return
+        }
         becomeTunnel(
-            context: context, authority: authority, authorization: authorization,
-            leftover: buffer.getSlice(
-                at: buffer.readerIndex + headLength, length: buffer.readableBytes - headLength))
+            context: context, authority: authority, authorization: authorization, leftover: leftover)
+    }
+
+    /// The origin an intercepted `CONNECT` to `authority` stands for: `https://host`, with the port unless 443
+    /// (so a URL gets the task ID a client without the proxy would compute).
+    static func interceptedOrigin(authority: String) -> String {
+        authority.hasSuffix(":443") ? "https://" + authority.dropLast(4) : "https://" + authority
+    }
+
+    /// The host of `host:port` or `[v6]:port`.
+    static func host(ofAuthority authority: String) -> String {
+        var host = authority[..<(authority.lastIndex(of: ":") ?? authority.endIndex)]
+        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        return String(host)
     }
 
     /// `host:port` with a port in 1…65535, or nil.
@@ -138,23 +169,53 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
         let held = buffered
         finishDecision(context: context)
         do {
-            let pipeline = context.pipeline.syncOperations
-            let activity = ConnectionActivity()
-            try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
-            try pipeline.addHandler(IdleStateHandler(readTimeout: idleTimeout))
-            try pipeline.addHandler(IdleConnectionCloser(activity: activity))
-            let channel = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
-                wrappingChannelSynchronously: context.channel)
-            promise.succeed(.http(channel, activity))
-            if let held {
-                context.fireChannelRead(wrapInboundOut(held))
-                context.fireChannelReadComplete()
-            }
-            pipeline.removeHandler(context: context, promise: nil)
+            try installHTTP(context: context, origin: nil, held: held)
         } catch {
             promise.fail(error)
             context.close(promise: nil)
         }
+    }
+
+    /// Answers the `CONNECT` with 200 (raw: this handler is the first), then serves HTTP over TLS with a leaf
+    /// certificate for the host; 502 when no certificate can be made.
+    private func becomeIntercepted(
+        context: ChannelHandlerContext, authority: String, interceptor: HTTPSInterceptor, leftover: ByteBuffer?
+    ) {
+        let tls: NIOSSLContext
+        do {
+            tls = try interceptor.serverContext(for: Self.host(ofAuthority: authority))
+        } catch {
+            refuse(context: context, "502 Bad Gateway")
+            return
+        }
+        finishDecision(context: context)
+        context.writeAndFlush(NIOAny(ByteBuffer(string: "HTTP/1.1 200 Connection Established\r\n\r\n")), promise: nil)
+        do {
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
+            try installHTTP(
+                context: context, origin: Self.interceptedOrigin(authority: authority),
+                held: leftover.flatMap { $0.readableBytes > 0 ? $0 : nil })
+        } catch {
+            promise.fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    /// Appends the HTTP server handlers, hands the connection over, re-delivers `held` and removes itself.
+    private func installHTTP(context: ChannelHandlerContext, origin: String?, held: ByteBuffer?) throws {
+        let pipeline = context.pipeline.syncOperations
+        let activity = ConnectionActivity()
+        try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+        try pipeline.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+        try pipeline.addHandler(IdleConnectionCloser(activity: activity))
+        let channel = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+            wrappingChannelSynchronously: context.channel)
+        promise.succeed(.http(channel, activity, origin: origin))
+        if let held {
+            context.fireChannelRead(wrapInboundOut(held))
+            context.fireChannelReadComplete()
+        }
+        pipeline.removeHandler(context: context, promise: nil)
     }
 
     private func becomeTunnel(
@@ -217,8 +278,7 @@ struct ProxyTunnel {
         }
         guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...])
         else { return }
-        var host = String(authority[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let host = ProxyProtocolSniffer.host(ofAuthority: authority)
         let upstream: NIOAsyncChannel<ByteBuffer, ByteBuffer>
         do {
             upstream = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)

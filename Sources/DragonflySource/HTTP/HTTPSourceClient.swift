@@ -30,10 +30,7 @@ package final class HTTPSourceClient: SourceClient {
     package let configuration: HTTPSourceConfig
 
     private let client: HTTPClient
-    private let insecureTLS: TLSConfiguration
-    /// Validated at init; compiled per check because `Regex<AnyRegexOutput>` is not `Sendable` (a check is
-    /// microseconds, next to a network request).
-    private let insecureHostPatterns: [String]
+    private let tls: OriginTLS
     private let finalURLs: Mutex<LRUCache<String, String>>
     private let userAgent: String
     private let logger: Logger
@@ -63,37 +60,10 @@ package final class HTTPSourceClient: SourceClient {
         configuration: HTTPSourceConfig = HTTPSourceConfig(),
         logger: Logger = Logger(label: "dragonfly.source.http")
     ) throws {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        var roots: [NIOSSLCertificate] = []
-        for (index, path) in configuration.caCertificates.enumerated() {
-            let certificates: [NIOSSLCertificate]
-            do {
-                certificates = try NIOSSLCertificate.fromPEMFile(path)
-            } catch {
-                throw DragonflyError.configuration(
-                    keyPath: "tls.caCerts[\(index)]", "cannot read PEM certificates from \(path) (\(error))")
-            }
-            guard !certificates.isEmpty else {
-                throw DragonflyError.configuration(keyPath: "tls.caCerts[\(index)]", "\(path) holds no certificate")
-            }
-            roots.append(contentsOf: certificates)
-        }
-        if !roots.isEmpty {
-            tls.additionalTrustRoots = [.certificates(roots)]
-        }
-        for (index, pattern) in configuration.insecureHosts.enumerated() {
-            do {
-                _ = try Regex(pattern)
-            } catch {
-                throw DragonflyError.configuration(
-                    keyPath: "tls.insecureHosts[\(index)]", "'\(pattern)' is not a valid regular expression")
-            }
-        }
-        var insecure = tls
-        insecure.certificateVerification = .none
-
+        let tls = try OriginTLS(
+            caCertificates: configuration.caCertificates, insecureHosts: configuration.insecureHosts)
         var httpConfiguration = HTTPClient.Configuration(
-            tlsConfiguration: tls,
+            tlsConfiguration: tls.verified,
             redirectConfiguration: .follow(max: max(configuration.maximumRedirects, 0), allowCycles: false),
             timeout: HTTPClient.Configuration.Timeout(
                 connect: TimeAmount(configuration.connectTimeout),
@@ -113,8 +83,7 @@ package final class HTTPSourceClient: SourceClient {
             configuration: httpConfiguration,
             backgroundActivityLogger: logger
         )
-        self.insecureTLS = insecure
-        self.insecureHostPatterns = configuration.insecureHosts
+        self.tls = tls
         self.finalURLs = Mutex(LRUCache(capacity: configuration.redirectCacheCapacity))
         self.userAgent = configuration.userAgent ?? "dragonfly/\(DragonflyVersion.current)"
         self.logger = logger
@@ -335,20 +304,14 @@ package final class HTTPSourceClient: SourceClient {
             outgoing.headers.add(name: "Range", value: range.httpHeaderValue)
         }
         let parts = URLParts(url)
-        if let parts, parts.scheme == "https", isInsecure(host: parts.host) {
-            outgoing.tlsConfiguration = insecureTLS
+        if let parts, parts.scheme == "https", let override = tls.override(forHost: parts.host) {
+            outgoing.tlsConfiguration = override
         }
         let deadline = (request.timeout ?? configuration.requestTimeout).map { NIODeadline.now() + TimeAmount($0) }
         do {
             return try await client.execute(outgoing, deadline: deadline ?? .distantFuture)
         } catch {
             throw Self.transportError(error, url: request.url, host: parts?.host ?? url, doing: "requesting")
-        }
-    }
-
-    private func isInsecure(host: String) -> Bool {
-        insecureHostPatterns.contains { pattern in
-            (try? Regex(pattern).wholeMatch(in: host)) != nil
         }
     }
 

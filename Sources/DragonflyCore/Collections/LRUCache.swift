@@ -2,24 +2,24 @@
 ///
 /// Eviction scans for the oldest entry, which is O(capacity) but happens once per insertion past the
 /// capacity; the caches it backs hold about a thousand entries and sit in front of network requests.
-struct LRUCache<Key: Hashable, Value> {
+package struct LRUCache<Key: Hashable, Value> {
     private struct Entry {
         var value: Value
         var lastUse: UInt64
     }
 
-    let capacity: Int
+    package let capacity: Int
     private var entries: [Key: Entry] = [:]
     private var clock: UInt64 = 0
 
-    init(capacity: Int) {
+    package init(capacity: Int) {
         self.capacity = max(capacity, 0)
     }
 
-    var count: Int { entries.count }
+    package var count: Int { entries.count }
 
     /// The value for `key`, marking it as recently used.
-    mutating func value(forKey key: Key) -> Value? {
+    package mutating func value(forKey key: Key) -> Value? {
         guard var entry = entries[key] else { return nil }
         clock &+= 1
         entry.lastUse = clock
@@ -28,7 +28,7 @@ struct LRUCache<Key: Hashable, Value> {
     }
 
     /// Stores `value` for `key`, evicting the least recently used entry when full.
-    mutating func setValue(_ value: Value, forKey key: Key) {
+    package mutating func setValue(_ value: Value, forKey key: Key) {
         guard capacity > 0 else { return }
         clock &+= 1
         if entries[key] == nil, entries.count >= capacity,
@@ -40,7 +40,7 @@ struct LRUCache<Key: Hashable, Value> {
     }
 
     /// Forgets `key`.
-    mutating func removeValue(forKey key: Key) {
+    package mutating func removeValue(forKey key: Key) {
         entries[key] = nil
     }
 }
