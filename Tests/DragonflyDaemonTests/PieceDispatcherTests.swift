@@ -70,6 +70,25 @@ import Testing
         #expect(dispatcher.nextRequests(now: Self.at(10)).isEmpty)
     }
 
+    @Test func urgentPiecesGoFirstWhateverTheirRarity() throws {
+        // Pieces 0–9 are rare (one holder), 10–39 common; a caller waits for 35 and 20.
+        var dispatcher = try Self.make(
+            Self.config(maxInFlight: 2, perParentLimit: 2), count: 40, parents: ["a": 0..<40, "b": 10..<40])
+        dispatcher.prioritize([35, 20])
+        let first = dispatcher.nextRequests(now: Self.at(0))
+        #expect(first.map(\.piece) == [20, 35])
+        for request in first {
+            _ = dispatcher.completed(request, bytes: Int(4 * Self.mib), now: Self.at(1))
+        }
+        // Held urgent pieces are forgotten; rarest-first resumes.
+        let next = dispatcher.nextRequests(now: Self.at(2))
+        #expect(next.count == 2)
+        #expect(next.allSatisfy { $0.piece < 10 })
+        // Pieces beyond the task are ignored.
+        dispatcher.prioritize([400])
+        #expect(dispatcher.nextRequests(now: Self.at(3)).isEmpty)
+    }
+
     @Test(arguments: [0, 3, 7, 63, 64, 150, 199])
     func equallyRarePiecesStartAtTheTieBreakStartAndWrapAround(start: Int) throws {
         // 200 pieces span four 64-bit words; pieces 0–19 are held by "a" alone, the rest by both.

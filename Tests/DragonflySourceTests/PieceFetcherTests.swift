@@ -71,6 +71,30 @@ struct PieceFetcherTests {
         }
     }
 
+    @Test func urgentPiecesAreRequestedBeforeTheQueuedOnes() async throws {
+        let pieceLength = Self.mebibyte
+        let blob = randomBytes(count: 10 * pieceLength, seed: 12)
+        try await withNginxOrigin { origin in
+            try origin.writeFile("blob.bin", contents: blob)
+            try await withHTTPSource { client in
+                let request = SourceRequest(url: origin.url(for: "blob.bin"))
+                let metadata = try await client.stat(request)
+                let sink = PieceSink()
+                // One connection and one piece per request: the request order is the order the queue hands out.
+                let config = PieceFetcherConfig(
+                    concurrency: 1, maximumBytesPerRequest: Int64(pieceLength), urgentPieces: { [7, 3] })
+                _ = try await PieceFetcher(client: client, config: config).fetch(
+                    request, metadata: metadata, pieceLength: Int64(pieceLength), consumer: sink.consumer)
+                #expect(sink.reassembled == blob)
+            }
+            let gets = try await accessLog(of: origin, count: 11).filter { $0.method == "GET" }
+            let expected = [3, 7, 0, 1, 2, 4, 5, 6, 8, 9].map {
+                rangeHeader(ofPiece: $0, pieceLength: pieceLength, total: blob.count)
+            }
+            #expect(gets.compactMap(\.range) == expected)
+        }
+    }
+
     @Test func anOriginThatIgnoresRangesIsReadAsOneStream() async throws {
         let pieceLength = Self.mebibyte
         let blob = randomBytes(count: 6 * pieceLength + 99, seed: 5)

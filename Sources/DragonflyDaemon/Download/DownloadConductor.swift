@@ -79,11 +79,14 @@ package final class DownloadConductor: TaskDownloading {
         for _ in 0..<3 {
             if let done = try await exportIfHeld(request, after: latest, progress: progress) { return done }
             let handle = try joinOrStart(request)
+            // A range caller's pieces go first, once the task's layout is known (now, or from a report).
+            var isUrgent = request.range == nil || markUrgent(request, in: handle)
             // The subscription ends when the run ends or when this caller is cancelled (which only ends its wait).
             let subscription = handle.hub.subscribe()
             defer { handle.hub.unsubscribe(subscription) }
             for await update in subscription {
                 latest = update
+                if !isUrgent { isUrgent = markUrgent(request, in: handle) }
                 await progress(update)
                 // A range caller is done once its pieces are held; the run goes on for the rest of the task.
                 if request.range != nil, update.hasPiece,
@@ -102,6 +105,20 @@ package final class DownloadConductor: TaskDownloading {
         if let done = try await exportIfHeld(request, after: latest, progress: progress) { return done }
         throw DragonflyError(
             code: .unavailable, message: "the download of \(request.url) ended with pieces still missing")
+    }
+
+    /// Adds the pieces of a range request to the run's urgent pieces; false while the task's layout is unknown.
+    private func markUrgent(_ request: TaskRequest, in handle: RunHandle) -> Bool {
+        guard let info = context.store.taskInfo(taskID: request.taskID), let length = info.contentLength else {
+            return false
+        }
+        let range = request.outputRange(contentLength: length)
+        if let pieces = PieceMath.pieces(covering: range, contentLength: length, pieceLength: info.pieceLength) {
+            let store = context.store
+            handle.urgent.remove { store.hasPiece(taskID: request.taskID, number: $0) }
+            handle.urgent.add(pieces.filter { !store.hasPiece(taskID: request.taskID, number: $0) })
+        }
+        return true
     }
 
     /// Exports (or just reports) the task when every piece the caller needs is held; nil otherwise. The final
@@ -160,7 +177,7 @@ package final class DownloadConductor: TaskDownloading {
                     message: "\(Self.maximumRuns) downloads are running; try again when one finishes")
             }
             let handle = RunHandle()
-            let run = TaskRun(request: request, context: context, hub: handle.hub)
+            let run = TaskRun(request: request, context: context, hub: handle.hub, urgent: handle.urgent)
             // Started under the lock so that every caller that finds the handle can await its task.
             handle.start(
                 Task { [self] in
@@ -192,6 +209,8 @@ struct RunContext: Sendable {
 /// A run in progress and the progress it broadcasts to its callers.
 final class RunHandle: Sendable {
     let hub = ProgressHub()
+    /// Pieces range callers wait for, fetched first.
+    let urgent = UrgentPieces()
     private let taskBox = Mutex<Task<Void, any Error>?>(nil)
 
     /// Set once, right after the handle is registered and before anyone can await it.

@@ -138,6 +138,8 @@ final class SessionState {
     var taskID: TaskID { session.run.taskID }
 
     var dispatcher: PieceDispatcher?
+    /// The version of ``TaskRun/urgent`` the dispatcher last saw.
+    var urgentVersion = 0
     var isOpen = false
     var hasStarted = false
     var contentLength: Int64?
@@ -492,6 +494,10 @@ final class SessionState {
     /// Starts the requests the dispatcher wants now.
     private func pump() {
         guard origin == nil, var dispatcher else { return }
+        if let (pieces, version) = run.urgent.changed(since: urgentVersion) {
+            urgentVersion = version
+            dispatcher.prioritize(pieces)
+        }
         let requests = dispatcher.nextRequests(now: clock.now)
         self.dispatcher = dispatcher
         for request in requests {

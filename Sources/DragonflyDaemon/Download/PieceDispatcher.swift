@@ -159,6 +159,8 @@ package struct PieceDispatcher: Sendable {
 
     // Per piece, for pieces 0 ..< trackedCount (the piece count, or while unknown the highest piece seen + 1).
     private var isHeld: [Bool] = []
+    /// Pieces to request before any other (``prioritize(_:)``), ascending; held ones are dropped as seen.
+    private var urgent: [Int] = []
     private var digests: [String?] = []
     /// Bit `s`: the parent in slot `s` has the piece.
     private var holders: [UInt64] = []
@@ -397,6 +399,20 @@ package struct PieceDispatcher: Sendable {
     package mutating func nextRequests(now: ContinuousClock.Instant) -> [Request] {
         updateSeedScarcity()
         var chosen: [Request] = []
+        // Pieces a caller waits for go first, each from the best parent with a free slot that holds it.
+        if !urgent.isEmpty {
+            var kept: [Int] = []
+            for piece in urgent where piece >= trackedCount || status[piece] != .held { kept.append(piece) }
+            urgent = kept
+            for piece in kept
+            where piece < trackedCount && inFlightCount < configuration.maxInFlight && status[piece] == .candidate {
+                let eligible = parentMask & ~fullMask
+                guard let slot = bestParent(among: holders[piece] & ~shunned[piece] & eligible),
+                    let request = start(piece: piece, slot: slot, isDuplicate: false, now: now)
+                else { continue }
+                chosen.append(request)
+            }
+        }
         candidates.flush(holders: holders, avoided: shunned)
         while inFlightCount < configuration.maxInFlight {
             let eligible = parentMask & ~fullMask
@@ -412,6 +428,13 @@ package struct PieceDispatcher: Sendable {
         }
         if isEndgame { chosen += endgameRequests(now: now) }
         return chosen
+    }
+
+    /// Makes `pieces` (those a caller is waiting for) the first ones requested, lowest first, whatever their
+    /// rarity; replaces the previous set. Pieces outside the task or already held are ignored.
+    package mutating func prioritize(_ pieces: Set<Int>) {
+        let limit = pieceCount ?? .max
+        urgent = pieces.filter { $0 >= 0 && $0 < limit }.sorted()
     }
 
     /// Records bytes of a request received (the delta since the last report); any positive count resets the

@@ -24,6 +24,8 @@ struct TaskRun: Sendable {
     let request: TaskRequest
     let context: RunContext
     let hub: ProgressHub
+    /// Pieces callers wait for (proxy ranges), fetched before the others.
+    let urgent: UrgentPieces
 
     var taskID: TaskID { request.taskID }
     var store: PieceStore { context.store }
@@ -197,7 +199,8 @@ struct OriginReader: Sendable {
             config: PieceFetcherConfig(
                 concurrency: max(context.config.download.originConnections, 1),
                 rateLimiter: request.download.hasRateLimit && request.download.rateLimit > 0
-                    ? TokenBucket(rate: Int64(clamping: request.download.rateLimit), burst: 1 << 20) : nil
+                    ? TokenBucket(rate: Int64(clamping: request.download.rateLimit), burst: 1 << 20) : nil,
+                urgentPieces: { [urgent = run.urgent] in urgent.current }
             ),
             logger: context.logger
         )

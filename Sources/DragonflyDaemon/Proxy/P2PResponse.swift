@@ -11,8 +11,9 @@ import Synchronization
 /// Answers a GET from the task of its URL: the daemon's downloader fetches the task (from peers, the cache or
 /// the origin, as for `get`) while the response streams the task's bytes from the store in order, each piece
 /// as soon as it is verified and stored. A `Range` gets 206 with the exact `Content-Range` and
-/// `Content-Length` (or 416); the downloader is asked for that range only when it is known up front, so the
-/// answer can start once the range's pieces are held.
+/// `Content-Length` (or 416); the downloader is asked for that range when it is known up front: its pieces are
+/// fetched before the rest of the task (which always follows in the background, so `X-Dragonfly-Prefetch` is
+/// effectively on), and the answer can start once they are held.
 ///
 /// Memory per response: at most two store chunks (``PieceStoreConfiguration/chunkSize``, 1 MiB) in flight;
 /// writes wait for the client to read.

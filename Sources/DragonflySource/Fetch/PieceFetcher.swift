@@ -14,17 +14,22 @@ package struct PieceFetcherConfig: Sendable {
     /// Limits the bytes per second read from the origin (`get --ratelimit`); shared, so one bucket can cap
     /// several fetches.
     package var rateLimiter: TokenBucket?
+    /// Pieces a caller is waiting for now: the next range request starts with the first queued run holding
+    /// one of them (asked again before every request).
+    package var urgentPieces: (@Sendable () -> Set<Int>)?
 
     package init(
         concurrency: Int = 4,
         retry: RetryPolicy = RetryPolicy(),
         maximumBytesPerRequest: Int64 = 64 << 20,
-        rateLimiter: TokenBucket? = nil
+        rateLimiter: TokenBucket? = nil,
+        urgentPieces: (@Sendable () -> Set<Int>)? = nil
     ) {
         self.concurrency = max(concurrency, 1)
         self.retry = retry
         self.maximumBytesPerRequest = max(maximumBytesPerRequest, 1)
         self.rateLimiter = rateLimiter
+        self.urgentPieces = urgentPieces
     }
 }
 
@@ -233,7 +238,7 @@ private struct FetchJob: Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             for _ in 0..<workers {
                 group.addTask {
-                    while let run = progress.nextRun() {
+                    while let run = progress.nextRun(urgent: config.urgentPieces?() ?? []) {
                         try await fetch(run)
                     }
                 }
@@ -505,10 +510,18 @@ private final class FetchProgress: Sendable {
         state.withLock { $0.runs.append(contentsOf: runs) }
     }
 
-    /// The next run to fetch, or nil when the queue is empty or the range phase stopped.
-    func nextRun() -> PieceRun? {
+    /// The next run to fetch — the first queued one holding an `urgent` piece, else the next in order — or nil
+    /// when the queue is empty or the range phase stopped.
+    func nextRun(urgent: Set<Int>) -> PieceRun? {
         state.withLock { state in
             guard !state.isStopped, state.nextRun < state.runs.count else { return nil }
+            if !urgent.isEmpty,
+                let index = state.runs[state.nextRun...].firstIndex(where: { run in
+                    (run.first..<run.end).contains { urgent.contains($0) }
+                }), index != state.nextRun
+            {
+                state.runs.insert(state.runs.remove(at: index), at: state.nextRun)
+            }
             defer { state.nextRun += 1 }
             return state.runs[state.nextRun]
         }
