@@ -108,10 +108,7 @@ package struct ToolOutput: Sendable {
 package func runOCITool(_ executablePath: String, _ arguments: [String], timeLimit: Duration = .seconds(120))
     async throws -> ToolOutput
 {
-    let output = try await runCommand(executablePath, arguments, timeLimit: timeLimit)
-    return ToolOutput(
-        succeeded: output.status.isSuccess, status: "\(output.status)", standardOutput: output.standardOutput,
-        standardError: output.standardError)
+    try await runTool(executablePath, arguments, timeLimit: timeLimit)
 }
 
 /// The htpasswd executable (`apt-get install apache2-utils`), for a registry that wants credentials.

@@ -131,8 +131,8 @@ package struct Netlab: Sendable {
     ///
     /// The ``NginxOrigin`` it gets serves its `root` at `/` with Range, ETag and sendfile and logs every
     /// request (``NginxOrigin/accessLog()``, ``NginxOrigin/totalBytesSent()``); its URLs are reachable only
-    /// from hosts of this lab. (`/rl/`, `/norange/`, `/status/` of ``withNginxOrigin(limitRate:isolation:_:)``
-    /// are not served here.)
+    /// from hosts of this lab. (`/rl/`, `/norange/`, `/status/` of
+    /// ``withNginxOrigin(limitRate:tls:serverConfiguration:isolation:_:)`` are not served here.)
     package func withNginx<Value>(
         on host: String,
         port: Int = 8080,

@@ -47,8 +47,8 @@ package struct AccessLogEntry: Sendable, Hashable, Decodable {
 
 /// A real nginx serving files from a temporary `www` root on `127.0.0.1:<port>`, as a test origin.
 ///
-/// Started by ``withNginxOrigin(limitRate:isolation:_:)``. Put files into ``root`` (or use
-/// ``writeFile(_:contents:)``) and fetch them with ``url(for:)``. What it serves (RECIPES §1):
+/// Started by ``withNginxOrigin(limitRate:tls:serverConfiguration:isolation:_:)``. Put files into ``root`` (or
+/// use ``writeFile(_:contents:)``) and fetch them with ``url(for:)``. What it serves (RECIPES §1):
 /// - `/<path>`: the file with `ETag`, `Last-Modified` and Range support (single ranges answer 206 with
 ///   `Content-Range`; an unsatisfiable one 416), directory listings on; limited to `limitRate` bytes/s if set.
 /// - `/rl/<path>?bps=<rate>`: the same file sent at `rate` bytes/s (`500k`, `1m` allowed; none = unlimited),
@@ -191,9 +191,13 @@ package struct NginxOrigin: Sendable {
 ///   - limitRate: A rate limit in bytes per second for every response under `/`; `nil` for none.
 ///   - tls: Also serve HTTPS on a second port, with a self-signed certificate made by `openssl` for
 ///     `127.0.0.1` and `localhost` (``NginxOrigin/tlsCertificatePath``).
+///   - serverConfiguration: More nginx directives for the `server` block, e.g. a `location` a test needs (such
+///     as a `try_files` fallback to another directory); placed after the built-in locations. The root is
+///     ``NginxOrigin/root``, so `$uri` paths resolve under it.
 package func withNginxOrigin<Value>(
     limitRate: Int? = nil,
     tls: Bool = false,
+    serverConfiguration: String = "",
     isolation: isolated (any Actor)? = #isolation,
     _ body: (NginxOrigin) async throws -> Value
 ) async throws -> Value {
@@ -248,7 +252,8 @@ package func withNginxOrigin<Value>(
         let configPath = try directory.writeFile(
             "nginx.conf",
             text: nginxConfiguration(
-                origin: origin, pidFile: pidFile, limitRate: limitRate, tlsKeyPath: certificate?.key)
+                origin: origin, pidFile: pidFile, limitRate: limitRate, tlsKeyPath: certificate?.key,
+                serverConfiguration: serverConfiguration)
         )
 
         let outcome: NginxAttempt<Value> = try await withLaunchedProcess(
@@ -308,9 +313,9 @@ private enum NginxAttempt<Value> {
     case portTaken(String)
 }
 
-private func nginxConfiguration(origin: NginxOrigin, pidFile: String, limitRate: Int?, tlsKeyPath: String?)
-    -> String
-{
+private func nginxConfiguration(
+    origin: NginxOrigin, pidFile: String, limitRate: Int?, tlsKeyPath: String?, serverConfiguration: String
+) -> String {
     let tlsListen =
         if let tlsPort = origin.tlsPort, let certificate = origin.tlsCertificatePath, let tlsKeyPath {
             """
@@ -378,6 +383,7 @@ private func nginxConfiguration(origin: NginxOrigin, pidFile: String, limitRate:
                     add_header Accept-Ranges bytes;
                 }
         \(statusLocations)
+                \(serverConfiguration)
             }
         }
 

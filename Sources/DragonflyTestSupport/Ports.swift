@@ -14,9 +14,10 @@ import Darwin
 /// It binds a POSIX socket to `127.0.0.1:0`, reads back the port the kernel chose and closes the socket.
 /// **There is a small race**: another process may take the port between this call and the moment the real
 /// server binds it. Only servers that cannot bind port 0 themselves should use it (nginx, PostgreSQL), and
-/// their launchers (``withNginxOrigin(limitRate:isolation:_:)``, ``withPostgres(database:isolation:_:)``)
-/// retry a bounded number of times with a fresh port when the bind fails. Our own processes always listen
-/// on `127.0.0.1:0` and report the bound ports in their ready file instead.
+/// their launchers (``withNginxOrigin(limitRate:tls:serverConfiguration:isolation:_:)``,
+/// ``withPostgres(database:isolation:_:)``) retry a bounded number of times with a fresh port when the bind
+/// fails. Our own processes always listen on `127.0.0.1:0` and report the bound ports in their ready file
+/// instead.
 package func freeLoopbackPort() throws -> Int {
     #if canImport(Glibc)
     let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
