@@ -114,14 +114,40 @@ package func runOCITool(_ executablePath: String, _ arguments: [String], timeLim
 /// The htpasswd executable (`apt-get install apache2-utils`), for a registry that wants credentials.
 package let htpasswdPath = "/usr/bin/htpasswd"
 
+/// Token authentication of a registry (distribution's `auth: token`): the registry answers a request without
+/// a valid bearer token with 401 and a `Bearer realm="…",service="…"` challenge (with `scope="…"` when the
+/// request names a repository), and accepts JWTs issued by `issuer` for `service` whose `x5c` certificate chain
+/// leads to one of `rootCertificatesPEM`. The token server at `realm` is the test's own.
+package struct RegistryTokenAuth: Sendable {
+    /// The token server's URL, where clients get their tokens.
+    package var realm: String
+    /// The registry's service name (the tokens' `aud`).
+    package var service: String
+    /// The tokens' `iss`.
+    package var issuer: String
+    /// The certificates the registry trusts for token signatures, PEM (one or more).
+    package var rootCertificatesPEM: String
+
+    package init(realm: String, service: String, issuer: String, rootCertificatesPEM: String) {
+        self.realm = realm
+        self.service = service
+        self.issuer = issuer
+        self.rootCertificatesPEM = rootCertificatesPEM
+    }
+}
+
 /// Starts docker-registry on a free loopback port with storage in a temporary directory, runs `body`, and
 /// kills the registry and deletes its directory at the end, also when `body` throws. Ready means `/v2/`
 /// accepts connections (polled, never a sleep).
 ///
-/// - Parameter credentials: When given, the registry answers every request without them with 401 and a
-///   `Basic` challenge (htpasswd auth); ``DockerRegistry/pushImage(repository:tag:layerFile:)`` uses them.
+/// - Parameters:
+///   - credentials: When given without `tokenAuth`, the registry answers every request without them with
+///     401 and a `Basic` challenge (htpasswd auth). ``DockerRegistry/pushImage(repository:tag:layerFile:)``
+///     uses them (with `tokenAuth`, to get its token from the token server).
+///   - tokenAuth: When given, the registry wants bearer tokens (see ``RegistryTokenAuth``).
 package func withDockerRegistry<Value>(
     credentials: (user: String, password: String)? = nil,
+    tokenAuth: RegistryTokenAuth? = nil,
     isolation: isolated (any Actor)? = #isolation,
     _ body: (DockerRegistry) async throws -> Value
 ) async throws -> Value {
@@ -133,7 +159,13 @@ package func withDockerRegistry<Value>(
     let port = try freeLoopbackPort()
     let data = try directory.makeDirectory("data")
     var auth = ""
-    if let credentials {
+    if let tokenAuth {
+        let bundle = try directory.writeFile("token-roots.pem", text: tokenAuth.rootCertificatesPEM)
+        auth = [
+            "", "auth:", "  token:", "    realm: \"\(tokenAuth.realm)\"", "    service: \"\(tokenAuth.service)\"",
+            "    issuer: \"\(tokenAuth.issuer)\"", "    rootcertbundle: \(bundle)",
+        ].joined(separator: "\n")
+    } else if let credentials {
         guard isExecutableFile(htpasswdPath) else {
             throw TestSupportError(code: .binaryNotFound, message: "missing \(htpasswdPath) (scripts/install-deps)")
         }
