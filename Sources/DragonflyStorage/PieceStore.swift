@@ -141,6 +141,19 @@ package final class PieceStore: Sendable {
 
     // MARK: - Tasks
 
+    /// Adds the kept ones of `headers` to the open task `taskID`'s (e.g. marking it private once the origin
+    /// was read with credentials); persisted with the task's next flush. Unknown tasks are ignored.
+    package func mergeHeaders(taskID: TaskID, _ headers: [String: String]) {
+        let kept = TaskMetadata.keptHeaders(headers)
+        guard !kept.isEmpty else { return }
+        state.withLock { state in
+            guard var entry = state.entries[taskID] else { return }
+            entry.metadata.headers.merge(kept) { $1 }
+            entry.version += 1
+            state.entries[taskID] = entry
+        }
+    }
+
     /// Opens `id` for writing and registers a writer (until ``finishTask(taskID:contentLength:)`` or
     /// ``closeTask(taskID:)``).
     ///

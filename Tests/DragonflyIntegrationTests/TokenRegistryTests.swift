@@ -23,6 +23,10 @@ struct TokenRegistryTests {
     static let user = "alice"
     static let password = "s3cret pass"
 
+    static func digest(of bytes: [UInt8]) -> String {
+        "sha256:" + SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+
     @Test(.timeLimit(.minutes(5)))
     func challengesPassThroughAndAnAuthorisedPullGoesP2PThroughTwoDaemons() async throws {
         let layer = try P2PTests.randomBytes(12 << 20)
@@ -126,6 +130,43 @@ struct TokenRegistryTests {
                     }
                     #expect(checked >= 2, "checked \(checked) blobs in the registry log")
                     #expect(try await cluster.downloadBytes(of: cluster.daemons[1], source: .origin) == 0)
+
+                    // (c) Both daemons now hold every blob, read with credentials, so private: a client without a
+                    // token still gets the registry's challenge, never the cached bytes; one with a pull token
+                    // gets them (the daemon asked the registry with a HEAD each time).
+                    let basic = Data("\(Self.user):\(Self.password)".utf8).base64EncodedString()
+                    let tokenAnswer = try await curlRequest(
+                        tokens.realm + "?service=\(TokenServer.service)&scope=repository:test/tok:pull",
+                        headers: [("Authorization", "Basic \(basic)")])
+                    #expect(tokenAnswer.status == 200)
+                    let token = try JSONDecoder().decode(TokenServer.TokenResponse.self, from: Data(tokenAnswer.body))
+                        .token
+                    for daemon in cluster.daemons {
+                        let mirror = "http://" + (try ProxyTests.proxy(of: daemon))
+                        // (The manifest's digest is among `blobs` but is no blob: only those skopeo wrote count.)
+                        for blob in blobs
+                        where FileManager.default.fileExists(
+                            atPath: firstOutput + "/" + blob.dropFirst("sha256:".count))
+                        {
+                            let path = "/v2/test/tok/blobs/\(blob)"
+                            let refused = try await curlRequest(mirror + path)
+                            #expect(refused.status == 401, "\(daemon) \(path): a cached private blob was served")
+                            #expect(refused.header("WWW-Authenticate")?.hasPrefix("Bearer realm=") == true)
+                            let allowed = try await curlRequest(
+                                mirror + path, headers: [("Authorization", "Bearer \(token)")])
+                            #expect(allowed.status == 200, "\(daemon) \(path)")
+                            #expect(Self.digest(of: allowed.body) == blob, "\(daemon) \(path)")
+                        }
+                    }
+                    // The checks were HEADs: no blob left the registry again.
+                    let blobGETs = registry.requests().filter {
+                        $0.method == "GET" && $0.uri.contains("/blobs/") && $0.status < 300
+                    }
+                    #expect(
+                        blobGETs.count
+                            == requests.filter {
+                                $0.method == "GET" && $0.uri.contains("/blobs/") && $0.status < 300
+                            }.count)
                 }
             }
         }
@@ -185,7 +226,7 @@ struct TokenServer: Sendable {
     }
 
     /// The `/token` response body.
-    struct TokenResponse: Encodable {
+    struct TokenResponse: Codable {
         var token: String
         var access_token: String
         var expires_in: Int

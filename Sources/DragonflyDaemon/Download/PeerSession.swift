@@ -365,7 +365,9 @@ final class SessionState {
         }
         let opened = try await store.openTask(
             id: taskID, url: run.request.url, contentLength: contentLength, pieceLength: pieceLength,
-            headers: headers.filter { ["etag", "last-modified", "content-type"].contains($0.key.lowercased()) })
+            headers: headers.filter {
+                ["etag", "last-modified", "content-type", TaskPrivacy.header].contains($0.key.lowercased())
+            })
         isOpen = true
         self.pieceLength = pieceLength
         progress.pieceLength = pieceLength

@@ -147,6 +147,9 @@ struct OriginReader: Sendable {
         var headers: [String: String] = [:]
         if let etag = metadata.etag { headers["etag"] = etag }
         if let lastModified = metadata.lastModified { headers["last-modified"] = lastModified }
+        if TaskPrivacy.carriesCredentials(request.download.requestHeader.map { ($0.key, $0.value) }) {
+            headers[TaskPrivacy.header] = "1"
+        }
         for field in metadata.headers where field.name.lowercased() == "content-type" {
             headers["content-type"] = field.value
         }
@@ -163,6 +166,8 @@ struct OriginReader: Sendable {
                     message: "the origin's layout of \(request.url) differs from the one the peers announced")
             }
             heldBytes = info.heldBytes
+            // Opened from the scheduler's layout: the privacy of this read is known only here.
+            if headers[TaskPrivacy.header] != nil { store.mergeHeaders(taskID: run.taskID, headers) }
         }
         var started = Dragonfly_V1_BackToSourceStartedRequest()
         started.reason = "reading the origin"

@@ -1,6 +1,8 @@
+import AsyncHTTPClient
 import DragonflyCore
 import DragonflyProto
 import DragonflyRPC
+import DragonflySource
 import DragonflyStorage
 import Logging
 import NIOCore
@@ -117,6 +119,9 @@ struct P2PResponse {
             await watch.wait(after: seen)
         }
 
+        if TaskPrivacy.isPrivate(info.headers), let refused = try await originRefuses(extra: taskHeader) {
+            return refused
+        }
         let bytes: Range<Int64>
         var headers = taskHeader
         let status: HTTPResponseStatus
@@ -177,6 +182,37 @@ struct P2PResponse {
             try Task.checkCancellation()
             await watch.wait(after: seen)
         }
+    }
+
+    /// Asks the origin whether this client may read a private task (``TaskPrivacy``): a `HEAD` with the client's
+    /// request headers. A 2xx or 3xx answer lets the task be served (nil); otherwise the client gets the origin's
+    /// status and headers (a registry's 401 and its `WWW-Authenticate` challenge) and the returned keep-alive.
+    private func originRefuses(extra: HTTPHeaders) async throws -> Bool? {
+        var request = HTTPClientRequest(url: route.url)
+        request.method = .HEAD
+        for (name, value) in ProxyHeaders.upstream(head.headers)
+        where !Self.strippedHeaders.contains(name.lowercased()) {
+            request.headers.add(name: name, value: value)
+        }
+        if route.url.lowercased().hasPrefix("https://") {
+            request.tlsConfiguration = context.configuration.originTLS.override(
+                forHost: ProxyProtocolSniffer.host(ofAuthority: DirectForward.authority(of: route.url)))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await context.http.execute(request, deadline: .now() + .seconds(30), logger: logger)
+        } catch {
+            return try await responder.text(
+                .badGateway,
+                "cannot ask \(DirectForward.authority(of: route.url)) whether this client may read "
+                    + "the cached object: \(error)", headers: extra)
+        }
+        if (200..<400).contains(Int(response.status.code)) { return nil }
+        logger.debug("origin refused a private task", metadata: ["df.status": "\(response.status.code)"])
+        var headers = ProxyHeaders.downstream(response.headers)
+        headers.add(contentsOf: extra)
+        return try await responder.text(
+            response.status, "the origin answered \(response.status.code) for this client", headers: headers)
     }
 
     /// Answers a download that failed before any byte was sent: the origin's own status and headers for an

@@ -19,7 +19,8 @@ struct TaskMetadata: Sendable, Equatable {
     }
 
     /// Response headers worth keeping (lowercase names).
-    static let keptHeaderNames: Set<String> = ["etag", "last-modified", "content-type"]
+    /// `x-dragonfly-private` marks a task first read with credentials (the daemon's `TaskPrivacy`).
+    static let keptHeaderNames: Set<String> = ["etag", "last-modified", "content-type", "x-dragonfly-private"]
     /// Bytes of one SHA-256 digest.
     static let digestSize = 32
 
