@@ -1,4 +1,4 @@
-package import AsyncHTTPClient
+import AsyncHTTPClient
 package import DragonflyCore
 import NIOCore
 package import NIOHTTP1

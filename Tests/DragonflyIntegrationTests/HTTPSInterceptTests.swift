@@ -24,10 +24,6 @@ struct HTTPSInterceptTests {
             """
     }
 
-    static func proxyRequests(_ cluster: P2PCluster, _ node: ClusterNode, route: String) async throws -> Int {
-        try await ProxyTests.proxyRequests(cluster, node, route: route)
-    }
-
     @Test(.timeLimit(.minutes(4)))
     func interceptedHTTPSGoesP2PAndOtherHostsAreTunnelledUntouched() async throws {
         let size = 12 << 20
@@ -55,8 +51,8 @@ struct HTTPSInterceptTests {
                     #expect(answer.header("X-Dragonfly-Task-ID") == TaskID.make(url: url).rawValue)
                     #expect(answer.body.count == size)
                     #expect(SHA256.hash(data: answer.body) == digest, "\(node): wrong bytes")
-                    #expect(try await Self.proxyRequests(cluster, node, route: "intercepted") == 1)
-                    #expect(try await Self.proxyRequests(cluster, node, route: "p2p") == 1)
+                    #expect(try await ProxyTests.proxyRequests(cluster, node, route: "intercepted") == 1)
+                    #expect(try await ProxyTests.proxyRequests(cluster, node, route: "p2p") == 1)
                 }
                 // The second daemon's copy came from the first, and nginx sent the file about once.
                 #expect(try await cluster.downloadBytes(of: second, source: .peer) >= size)
@@ -76,7 +72,7 @@ struct HTTPSInterceptTests {
                 #expect(direct.status == 200)
                 #expect(direct.body == page)
                 #expect(direct.header("X-Dragonfly-Task-ID") == nil)
-                #expect(try await Self.proxyRequests(cluster, first, route: "direct") == 1)
+                #expect(try await ProxyTests.proxyRequests(cluster, first, route: "direct") == 1)
                 // A client that trusts only nginx's certificate cannot talk to an intercepted host…
                 let distrusting = try await curlRequest(url, proxy: proxy, caCertificate: originCertificate)
                 #expect(distrusting.failure != nil, "the intercepted host presented nginx's own certificate")
@@ -91,10 +87,10 @@ struct HTTPSInterceptTests {
                 #expect(tunnelled.header("X-Dragonfly-Task-ID") == nil)
                 let wrongTrust = try await curlRequest(tunnelledURL, proxy: proxy, caCertificate: ca.certificatePath)
                 #expect(wrongTrust.failure != nil, "the tunnelled host presented a certificate from our CA")
-                #expect(try await Self.proxyRequests(cluster, first, route: "tunnel") == 2)
+                #expect(try await ProxyTests.proxyRequests(cluster, first, route: "tunnel") == 2)
                 // Three intercepted CONNECTs (blob, page, the distrusting client), one P2P request.
-                #expect(try await Self.proxyRequests(cluster, first, route: "intercepted") == 3)
-                #expect(try await Self.proxyRequests(cluster, first, route: "p2p") == 1)
+                #expect(try await ProxyTests.proxyRequests(cluster, first, route: "intercepted") == 3)
+                #expect(try await ProxyTests.proxyRequests(cluster, first, route: "p2p") == 1)
             }
         }
     }

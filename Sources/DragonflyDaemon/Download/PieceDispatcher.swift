@@ -401,10 +401,14 @@ package struct PieceDispatcher: Sendable {
         var chosen: [Request] = []
         // Pieces a caller waits for go first, each from the best parent with a free slot that holds it.
         if !urgent.isEmpty {
-            var kept: [Int] = []
-            for piece in urgent where piece >= trackedCount || status[piece] != .held { kept.append(piece) }
-            urgent = kept
-            for piece in kept
+            // Held pieces are dropped in place (a closure reading `status` would overlap the mutation).
+            var count = 0
+            for index in urgent.indices where urgent[index] >= trackedCount || status[urgent[index]] != .held {
+                urgent[count] = urgent[index]
+                count += 1
+            }
+            urgent.removeLast(urgent.count - count)
+            for piece in urgent
             where piece < trackedCount && inFlightCount < configuration.maxInFlight && status[piece] == .candidate {
                 let eligible = parentMask & ~fullMask
                 guard let slot = bestParent(among: holders[piece] & ~shunned[piece] & eligible),

@@ -11,9 +11,9 @@ enum TaskPrivacy {
     /// Request header names that make a fetch private.
     static let credentialHeaders: Set<String> = ["authorization", "cookie"]
 
-    /// Whether a fetch with `headers` carries credentials.
-    static func carriesCredentials(_ headers: some Sequence<(key: String, value: String)>) -> Bool {
-        headers.contains { credentialHeaders.contains($0.key.lowercased()) }
+    /// Whether a fetch with request `headers` carries credentials.
+    static func carriesCredentials(_ headers: [String: String]) -> Bool {
+        headers.keys.contains { credentialHeaders.contains($0.lowercased()) }
     }
 
     /// Whether task headers mark the task private.

@@ -147,7 +147,7 @@ struct OriginReader: Sendable {
         var headers: [String: String] = [:]
         if let etag = metadata.etag { headers["etag"] = etag }
         if let lastModified = metadata.lastModified { headers["last-modified"] = lastModified }
-        if TaskPrivacy.carriesCredentials(request.download.requestHeader.map { ($0.key, $0.value) }) {
+        if TaskPrivacy.carriesCredentials(request.download.requestHeader) {
             headers[TaskPrivacy.header] = "1"
         }
         for field in metadata.headers where field.name.lowercased() == "content-type" {

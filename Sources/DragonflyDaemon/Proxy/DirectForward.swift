@@ -1,6 +1,5 @@
 import AsyncHTTPClient
 import DragonflyCore
-import DragonflySource
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -19,13 +18,8 @@ struct DirectForward {
 
     /// Forwards and answers; returns whether the client connection stays open.
     func respond() async throws -> Bool {
-        var request = HTTPClientRequest(url: url)
-        request.method = HTTPMethod(rawValue: head.method.rawValue)
-        request.headers = ProxyHeaders.upstream(head.headers)
-        if url.lowercased().hasPrefix("https://") {
-            request.tlsConfiguration = context.configuration.originTLS.override(
-                forHost: ProxyProtocolSniffer.host(ofAuthority: Self.authority(of: url)))
-        }
+        var request = context.originRequest(
+            url: url, method: HTTPMethod(rawValue: head.method.rawValue), headers: ProxyHeaders.upstream(head.headers))
         let declaredLength = head.headers.first(name: "Content-Length").flatMap { Int64($0) }
         let isChunked = head.headers["Transfer-Encoding"].contains { $0.lowercased().contains("chunked") }
         if (declaredLength ?? 0) > 0 || isChunked {

@@ -26,12 +26,7 @@ package final class HTTPSInterceptor: Sendable {
         let mintedAt: Date
     }
 
-    private struct Compiled: @unchecked Sendable {
-        // `Regex` is an immutable value; it is only matched after compilation.
-        let regex: Regex<AnyRegexOutput>
-    }
-
-    private let hosts: [Compiled]
+    private let hosts: [CompiledRegex]
     private let caCertificate: Certificate
     private let caNIOCertificate: NIOSSLCertificate
     private let caKey: Certificate.PrivateKey
@@ -74,17 +69,8 @@ package final class HTTPSInterceptor: Sendable {
                 keyPath: "proxy.hijackHTTPS.cert",
                 "the certificate is not a CA (basicConstraints CA:TRUE is needed to sign leaf certificates)")
         }
-        var compiled: [Compiled] = []
-        for (index, pattern) in hosts.enumerated() {
-            do {
-                compiled.append(Compiled(regex: try Regex(pattern)))
-            } catch {
-                throw .configuration(
-                    keyPath: "proxy.hijackHTTPS.hosts[\(index)]", "'\(pattern)' is not a regular expression")
-            }
-        }
+        self.hosts = try CompiledRegex.compile(hosts) { "proxy.hijackHTTPS.hosts[\($0)]" }
         do {
-            self.hosts = compiled
             self.caCertificate = caCertificate
             self.caNIOCertificate = try NIOSSLCertificate(bytes: Self.der(caCertificate), format: .der)
             self.caKey = caKey
@@ -98,7 +84,7 @@ package final class HTTPSInterceptor: Sendable {
 
     /// Whether a `CONNECT` to `authority` (`host:port`) is intercepted.
     package func intercepts(authority: String) -> Bool {
-        hosts.contains { authority.contains($0.regex) }
+        hosts.contains { $0.matches(in: authority) }
     }
 
     /// The TLS server context presenting a leaf certificate for `host` (a name or an IP address, without port

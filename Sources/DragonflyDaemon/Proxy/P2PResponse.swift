@@ -2,7 +2,6 @@ import AsyncHTTPClient
 import DragonflyCore
 import DragonflyProto
 import DragonflyRPC
-import DragonflySource
 import DragonflyStorage
 import Logging
 import NIOCore
@@ -34,6 +33,15 @@ struct P2PResponse {
         "accept-encoding",
     ]
 
+    /// The client's headers a P2P task sends to its origin.
+    static func originHeaders(_ headers: HTTPHeaders) -> HTTPHeaders {
+        var kept = HTTPHeaders()
+        for (name, value) in ProxyHeaders.upstream(headers) where !strippedHeaders.contains(name.lowercased()) {
+            kept.add(name: name, value: value)
+        }
+        return kept
+    }
+
     func respond() async throws -> Bool {
         let headers = head.headers
         var download = Dragonfly_V1_Download()
@@ -50,7 +58,7 @@ struct P2PResponse {
             download.priority = priority
         }
         download.prefetch = headers.first(name: "X-Dragonfly-Prefetch")?.lowercased() == "true"
-        for (name, value) in ProxyHeaders.upstream(headers) where !Self.strippedHeaders.contains(name.lowercased()) {
+        for (name, value) in Self.originHeaders(headers) {
             // Repeated headers are joined, as HTTP allows for list-valued fields.
             if let existing = download.requestHeader[name] {
                 download.requestHeader[name] = existing + ", " + value
@@ -188,16 +196,7 @@ struct P2PResponse {
     /// request headers. A 2xx or 3xx answer lets the task be served (nil); otherwise the client gets the origin's
     /// status and headers (a registry's 401 and its `WWW-Authenticate` challenge) and the returned keep-alive.
     private func originRefuses(extra: HTTPHeaders) async throws -> Bool? {
-        var request = HTTPClientRequest(url: route.url)
-        request.method = .HEAD
-        for (name, value) in ProxyHeaders.upstream(head.headers)
-        where !Self.strippedHeaders.contains(name.lowercased()) {
-            request.headers.add(name: name, value: value)
-        }
-        if route.url.lowercased().hasPrefix("https://") {
-            request.tlsConfiguration = context.configuration.originTLS.override(
-                forHost: ProxyProtocolSniffer.host(ofAuthority: DirectForward.authority(of: route.url)))
-        }
+        let request = context.originRequest(url: route.url, method: .HEAD, headers: Self.originHeaders(head.headers))
         let response: HTTPClientResponse
         do {
             response = try await context.http.execute(request, deadline: .now() + .seconds(30), logger: logger)

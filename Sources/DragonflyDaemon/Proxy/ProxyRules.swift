@@ -3,34 +3,19 @@ package import DragonflyCore
 /// The proxy rules of DESIGN §8, compiled: the first rule whose regex matches an absolute URL decides whether a
 /// GET goes P2P, which URL is fetched (`useTLS`, `redirect`) and which query keys the task ID ignores.
 package struct ProxyRuleSet: Sendable {
-    /// A rule with its compiled regex.
-    struct Compiled: @unchecked Sendable {
-        // `Regex` is an immutable value; it is only matched, never mutated, after compilation.
-        let rule: ProxyRule
-        let regex: Regex<AnyRegexOutput>
-    }
-
-    private let compiled: [Compiled]
+    private let compiled: [(rule: ProxyRule, regex: CompiledRegex)]
 
     /// Compiles `rules` (already validated by ``DaemonConfig/validate()``).
     package init(rules: [ProxyRule]) throws(DragonflyError) {
-        var compiled: [Compiled] = []
-        for (index, rule) in rules.enumerated() {
-            do {
-                compiled.append(Compiled(rule: rule, regex: try Regex(rule.regex)))
-            } catch {
-                throw DragonflyError.configuration(
-                    keyPath: "proxy.rules[\(index)].regex", "'\(rule.regex)' is not a regular expression")
-            }
-        }
-        self.compiled = compiled
+        let regexes = try CompiledRegex.compile(rules.map(\.regex)) { "proxy.rules[\($0)].regex" }
+        compiled = Array(zip(rules, regexes))
     }
 
     /// How the request for `url` (absolute, `http://` or `https://`) with `method` is served; `forceP2P` is
     /// `X-Dragonfly-Use-P2P: true`. Only GET goes P2P.
     package func route(url: String, method: String, forceP2P: Bool) -> ProxyRoute {
         let isGET = method == "GET"
-        for entry in compiled where url.contains(entry.regex) {
+        for entry in compiled where entry.regex.matches(in: url) {
             var target = url
             if entry.rule.useTLS, target.hasPrefix("http://") { target = "https://" + target.dropFirst(7) }
             if !entry.rule.redirect.isEmpty { target = Self.replacingAuthority(of: target, with: entry.rule.redirect) }

@@ -211,4 +211,16 @@ struct ProxyContext: Sendable {
     let metrics: DaemonMetrics?
     let http: HTTPClient
     let counters: ProxyCounters
+
+    /// A request to the origin `url` for ``http``, unverified when `tls.insecureHosts` names its host.
+    func originRequest(url: String, method: HTTPMethod, headers: HTTPHeaders) -> HTTPClientRequest {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        request.headers = headers
+        if url.lowercased().hasPrefix("https://") {
+            request.tlsConfiguration = configuration.originTLS.override(
+                forHost: ProxyProtocolSniffer.host(ofAuthority: DirectForward.authority(of: url)))
+        }
+        return request
+    }
 }

@@ -6,11 +6,9 @@ package import NIOSSL
 package struct OriginTLS: Sendable {
     /// System roots plus the configured extra roots; certificates are verified.
     package let verified: TLSConfiguration
-    /// The same without verification, for hosts matching ``insecureHostPatterns``.
+    /// The same without verification, for hosts matching ``insecureHosts``.
     package let unverified: TLSConfiguration
-    /// Validated at init; compiled per check because `Regex<AnyRegexOutput>` is not `Sendable` (a check is
-    /// microseconds, next to a network request).
-    private let insecureHostPatterns: [String]
+    private let insecureHosts: [CompiledRegex]
 
     /// Reads the PEM files of `caCertificates` and checks the `insecureHosts` patterns.
     ///
@@ -35,26 +33,16 @@ package struct OriginTLS: Sendable {
         if !roots.isEmpty {
             tls.additionalTrustRoots = [.certificates(roots)]
         }
-        for (index, pattern) in insecureHosts.enumerated() {
-            do {
-                _ = try Regex(pattern)
-            } catch {
-                throw DragonflyError.configuration(
-                    keyPath: "tls.insecureHosts[\(index)]", "'\(pattern)' is not a valid regular expression")
-            }
-        }
+        self.insecureHosts = try CompiledRegex.compile(insecureHosts) { "tls.insecureHosts[\($0)]" }
         var insecure = tls
         insecure.certificateVerification = .none
         verified = tls
         unverified = insecure
-        insecureHostPatterns = insecureHosts
     }
 
     /// Whether `host`'s certificate goes unverified (a pattern matches the whole host name).
     package func isInsecure(host: String) -> Bool {
-        insecureHostPatterns.contains { pattern in
-            (try? Regex(pattern).wholeMatch(in: host)) != nil
-        }
+        insecureHosts.contains { $0.matchesWhole(host) }
     }
 
     /// The configuration a request to `host` needs when it differs from ``verified``, else nil.
