@@ -1307,6 +1307,9 @@ package nonisolated struct Dragonfly_V1_StatTaskRequest: Sendable {
   /// Task ID.
   package var taskID: String = String()
 
+  /// The scheduler's transfer grant for the task (DESIGN §11); a private task is described only with it.
+  package var transferGrant: String = String()
+
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
   package init() {}
@@ -2690,7 +2693,7 @@ nonisolated extension Dragonfly_V1_ParentPeer: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Dragonfly_V1_StatTaskRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".StatTaskRequest"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}transfer_grant\0")
 
   package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2699,6 +2702,7 @@ nonisolated extension Dragonfly_V1_StatTaskRequest: SwiftProtobuf.Message, Swift
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.taskID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.transferGrant) }()
       default: break
       }
     }
@@ -2708,11 +2712,15 @@ nonisolated extension Dragonfly_V1_StatTaskRequest: SwiftProtobuf.Message, Swift
     if !self.taskID.isEmpty {
       try visitor.visitSingularStringField(value: self.taskID, fieldNumber: 1)
     }
+    if !self.transferGrant.isEmpty {
+      try visitor.visitSingularStringField(value: self.transferGrant, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   package static func ==(lhs: Dragonfly_V1_StatTaskRequest, rhs: Dragonfly_V1_StatTaskRequest) -> Bool {
     if lhs.taskID != rhs.taskID {return false}
+    if lhs.transferGrant != rhs.transferGrant {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1122,6 +1122,19 @@ package enum Dragonfly_V1_Local: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReadTask" metadata.
+        package enum ReadTask: Sendable {
+            /// Request type for "ReadTask".
+            package typealias Input = Dragonfly_V1_ReadTaskRequest
+            /// Response type for "ReadTask".
+            package typealias Output = Dragonfly_V1_ReadTaskChunk
+            /// Descriptor for "ReadTask".
+            package static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "dragonfly.v1.Local"),
+                method: "ReadTask",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "dragonfly.v1.Local" service.
         package static let descriptors: [GRPCCore.MethodDescriptor] = [
             DownloadTask.descriptor,
@@ -1129,7 +1142,8 @@ package enum Dragonfly_V1_Local: Sendable {
             DeleteTask.descriptor,
             ImportTask.descriptor,
             ExportTask.descriptor,
-            ListTaskEntries.descriptor
+            ListTaskEntries.descriptor,
+            ReadTask.descriptor
         ]
     }
 }
@@ -1267,6 +1281,25 @@ extension Dragonfly_V1_Local {
             request: GRPCCore.StreamingServerRequest<Dragonfly_V1_ListTaskEntriesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Dragonfly_V1_ListTaskEntriesResponse>
+
+        /// Handle the "ReadTask" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams bytes of a task the cache holds, in order (for a caller that cannot read the daemon's data file;
+        /// > the caller writes its own output).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Dragonfly_V1_ReadTaskRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Dragonfly_V1_ReadTaskChunk` messages.
+        func readTask(
+            request: GRPCCore.StreamingServerRequest<Dragonfly_V1_ReadTaskRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Dragonfly_V1_ReadTaskChunk>
     }
 
     /// Service protocol for the "dragonfly.v1.Local" service.
@@ -1388,6 +1421,25 @@ extension Dragonfly_V1_Local {
             request: GRPCCore.ServerRequest<Dragonfly_V1_ListTaskEntriesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Dragonfly_V1_ListTaskEntriesResponse>
+
+        /// Handle the "ReadTask" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams bytes of a task the cache holds, in order (for a caller that cannot read the daemon's data file;
+        /// > the caller writes its own output).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Dragonfly_V1_ReadTaskRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Dragonfly_V1_ReadTaskChunk` messages.
+        func readTask(
+            request: GRPCCore.ServerRequest<Dragonfly_V1_ReadTaskRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Dragonfly_V1_ReadTaskChunk>
     }
 
     /// Simple service protocol for the "dragonfly.v1.Local" service.
@@ -1508,6 +1560,26 @@ extension Dragonfly_V1_Local {
             request: Dragonfly_V1_ListTaskEntriesRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Dragonfly_V1_ListTaskEntriesResponse
+
+        /// Handle the "ReadTask" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams bytes of a task the cache holds, in order (for a caller that cannot read the daemon's data file;
+        /// > the caller writes its own output).
+        ///
+        /// - Parameters:
+        ///   - request: A `Dragonfly_V1_ReadTaskRequest` message.
+        ///   - response: A response stream of `Dragonfly_V1_ReadTaskChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func readTask(
+            request: Dragonfly_V1_ReadTaskRequest,
+            response: GRPCCore.RPCWriter<Dragonfly_V1_ReadTaskChunk>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -1576,6 +1648,17 @@ extension Dragonfly_V1_Local.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Dragonfly_V1_ListTaskEntriesResponse>(),
             handler: { request, context in
                 try await self.listTaskEntries(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Dragonfly_V1_Local.Method.ReadTask.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Dragonfly_V1_ReadTaskRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Dragonfly_V1_ReadTaskChunk>(),
+            handler: { request, context in
+                try await self.readTask(
                     request: request,
                     context: context
                 )
@@ -1651,6 +1734,17 @@ extension Dragonfly_V1_Local.ServiceProtocol {
             context: context
         )
         return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    package func readTask(
+        request: GRPCCore.StreamingServerRequest<Dragonfly_V1_ReadTaskRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Dragonfly_V1_ReadTaskChunk> {
+        let response = try await self.readTask(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
     }
 }
 
@@ -1736,6 +1830,23 @@ extension Dragonfly_V1_Local.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    package func readTask(
+        request: GRPCCore.ServerRequest<Dragonfly_V1_ReadTaskRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Dragonfly_V1_ReadTaskChunk> {
+        return GRPCCore.StreamingServerResponse<Dragonfly_V1_ReadTaskChunk>(
+            metadata: [:],
+            producer: { writer in
+                try await self.readTask(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -1889,6 +2000,30 @@ extension Dragonfly_V1_Local {
             deserializer: some GRPCCore.MessageDeserializer<Dragonfly_V1_ListTaskEntriesResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Dragonfly_V1_ListTaskEntriesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReadTask" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams bytes of a task the cache holds, in order (for a caller that cannot read the daemon's data file;
+        /// > the caller writes its own output).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Dragonfly_V1_ReadTaskRequest` message.
+        ///   - serializer: A serializer for `Dragonfly_V1_ReadTaskRequest` messages.
+        ///   - deserializer: A deserializer for `Dragonfly_V1_ReadTaskChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func readTask<Result>(
+            request: GRPCCore.ClientRequest<Dragonfly_V1_ReadTaskRequest>,
+            serializer: some GRPCCore.MessageSerializer<Dragonfly_V1_ReadTaskRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Dragonfly_V1_ReadTaskChunk>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Dragonfly_V1_ReadTaskChunk>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2113,6 +2248,39 @@ extension Dragonfly_V1_Local {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ReadTask" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams bytes of a task the cache holds, in order (for a caller that cannot read the daemon's data file;
+        /// > the caller writes its own output).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Dragonfly_V1_ReadTaskRequest` message.
+        ///   - serializer: A serializer for `Dragonfly_V1_ReadTaskRequest` messages.
+        ///   - deserializer: A deserializer for `Dragonfly_V1_ReadTaskChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        package func readTask<Result>(
+            request: GRPCCore.ClientRequest<Dragonfly_V1_ReadTaskRequest>,
+            serializer: some GRPCCore.MessageSerializer<Dragonfly_V1_ReadTaskRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Dragonfly_V1_ReadTaskChunk>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Dragonfly_V1_ReadTaskChunk>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Dragonfly_V1_Local.Method.ReadTask.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2286,6 +2454,34 @@ extension Dragonfly_V1_Local.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Dragonfly_V1_ListTaskEntriesRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Dragonfly_V1_ListTaskEntriesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReadTask" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams bytes of a task the cache holds, in order (for a caller that cannot read the daemon's data file;
+    /// > the caller writes its own output).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Dragonfly_V1_ReadTaskRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func readTask<Result>(
+        request: GRPCCore.ClientRequest<Dragonfly_V1_ReadTaskRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Dragonfly_V1_ReadTaskChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.readTask(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Dragonfly_V1_ReadTaskRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Dragonfly_V1_ReadTaskChunk>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2485,6 +2681,38 @@ extension Dragonfly_V1_Local.ClientProtocol {
             metadata: metadata
         )
         return try await self.listTaskEntries(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReadTask" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams bytes of a task the cache holds, in order (for a caller that cannot read the daemon's data file;
+    /// > the caller writes its own output).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    package func readTask<Result>(
+        _ message: Dragonfly_V1_ReadTaskRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Dragonfly_V1_ReadTaskChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Dragonfly_V1_ReadTaskRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.readTask(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -765,6 +765,10 @@ package nonisolated struct Dragonfly_V1_NeedBackToSourceResponse: Sendable {
   /// Why (no parent, first registrant, retry limit reached, ...).
   package var reason: String = String()
 
+  /// The task's transfer grant: what this peer, as a parent of the task, asks its children to present
+  /// (DESIGN §11); empty when not required.
+  package var transferGrant: String = String()
+
   package var unknownFields = SwiftProtobuf.UnknownStorage()
 
   package init() {}
@@ -2418,7 +2422,7 @@ nonisolated extension Dragonfly_V1_PieceDigestsResponse: SwiftProtobuf.Message, 
 
 nonisolated extension Dragonfly_V1_NeedBackToSourceResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   package static let protoMessageName: String = _protobuf_package + ".NeedBackToSourceResponse"
-  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0")
+  package static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0\u{3}transfer_grant\0")
 
   package mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2427,6 +2431,7 @@ nonisolated extension Dragonfly_V1_NeedBackToSourceResponse: SwiftProtobuf.Messa
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.transferGrant) }()
       default: break
       }
     }
@@ -2436,11 +2441,15 @@ nonisolated extension Dragonfly_V1_NeedBackToSourceResponse: SwiftProtobuf.Messa
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
     }
+    if !self.transferGrant.isEmpty {
+      try visitor.visitSingularStringField(value: self.transferGrant, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   package static func ==(lhs: Dragonfly_V1_NeedBackToSourceResponse, rhs: Dragonfly_V1_NeedBackToSourceResponse) -> Bool {
     if lhs.reason != rhs.reason {return false}
+    if lhs.transferGrant != rhs.transferGrant {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -132,6 +132,16 @@ package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
         throw RPCError(code: .unimplemented, message: "recursive downloads are not supported yet")
     }
 
+    package func readTask(
+        request: Dragonfly_V1_ReadTaskRequest,
+        response: RPCWriter<Dragonfly_V1_ReadTaskChunk>,
+        context: ServerContext
+    ) async throws {
+        // Placeholder until the client-side output writer lands (it streams held bytes to a caller that cannot
+        // read the daemon's data file).
+        throw RPCError(code: .unimplemented, message: "reading task bytes over the socket is not supported yet")
+    }
+
     /// The task ID a `Download` names (DESIGN §4).
     static func taskID(of download: Dragonfly_V1_Download) -> TaskID {
         TaskID.make(
