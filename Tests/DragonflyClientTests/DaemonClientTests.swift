@@ -137,6 +137,13 @@ struct ScriptedLocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
     ) async throws -> Dragonfly_V1_ListTaskEntriesResponse {
         throw RPCError(code: .unimplemented, message: "not scripted")
     }
+
+    func readTask(
+        request: Dragonfly_V1_ReadTaskRequest, response: RPCWriter<Dragonfly_V1_ReadTaskChunk>,
+        context: ServerContext
+    ) async throws {
+        throw RPCError(code: .unimplemented, message: "not scripted")
+    }
 }
 
 @Suite(.timeLimit(.minutes(1)))
