@@ -2,7 +2,9 @@ package import DragonflyCore
 package import GRPCCore
 import GRPCNIOTransportHTTP2
 package import Logging
+import NIOCore
 import ServiceLifecycle
+import Synchronization
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -41,6 +43,7 @@ package struct GRPCServerService: Service {
         services: [any RegistrableRPCService],
         interceptors: [any ServerInterceptor] = [],
         listenerName: String = "grpc",
+        limits: GRPCServerLimits = GRPCServerLimits(),
         logger: Logger
     ) throws(DragonflyError) {
         self.listener = ListenerAddress(name: listenerName)
@@ -48,7 +51,7 @@ package struct GRPCServerService: Service {
         let transport = HTTP2ServerTransport.Posix(
             address: try address.serverSocketAddress(),
             transportSecurity: transportSecurity,
-            config: .defaults
+            config: limits.transportConfig()
         )
         self.address = address
         self.server = GRPCServer(transport: transport, services: services, interceptors: interceptors)
@@ -137,4 +140,72 @@ package struct GRPCServerService: Service {
         else { return }
         try? fileManager.removeItem(atPath: path)
     }
+}
+
+/// The resource limits of a gRPC listener (DESIGN §11, "Security, part 1" finding 11), the same for every listener
+/// of every role: a hostile client can hold at most ``maxConnections`` connections, each with at most
+/// ``maxConcurrentStreams`` open RPCs, and a connection without an open RPC is closed after ``maxIdleTime``.
+/// Keepalive pings find half-open connections (a peer that vanished) and close them.
+package struct GRPCServerLimits: Sendable, Hashable {
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    package var maxConnections: Int = 4096
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to every client: RPCs open at once on one connection. A
+    /// daemon holds one `AnnouncePeer` stream per download in flight and one `SyncHost` stream.
+    package var maxConcurrentStreams: Int = 1024
+    /// A connection with no open RPC for this long is closed (GOAWAY).
+    package var maxIdleTime: Duration = .seconds(5 * 60)
+    /// The server pings a connection silent for this long ...
+    package var keepaliveTime: Duration = .seconds(2 * 60)
+    /// ... and closes it when the ping is not answered within this.
+    package var keepaliveTimeout: Duration = .seconds(20)
+    /// Largest request message accepted.
+    package var maxRequestPayloadSize: Int = 4 << 20
+
+    package init() {}
+
+    func transportConfig() -> HTTP2ServerTransport.Posix.Config {
+        var config = HTTP2ServerTransport.Posix.Config.defaults
+        config.http2.maxConcurrentStreams = max(maxConcurrentStreams, 1)
+        config.connection.maxIdleTime = maxIdleTime
+        config.connection.keepalive.time = keepaliveTime
+        config.connection.keepalive.timeout = keepaliveTimeout
+        // Clients (ours ping every 30 s or more) may ping between calls, but no more often than every 10 s.
+        config.connection.keepalive.clientBehavior.allowWithoutCalls = true
+        config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .seconds(10)
+        config.rpc.maxRequestPayloadSize = maxRequestPayloadSize
+        let gate = ConnectionGate(limit: max(maxConnections, 1))
+        config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
+            gate.admit(channel)
+        }
+        return config
+    }
+}
+
+/// Counts a listener's open connections and closes the ones over the limit as soon as they are accepted.
+private final class ConnectionGate: Sendable {
+    private let limit: Int
+    private let open = Mutex(0)
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    func admit(_ channel: any Channel) -> EventLoopFuture<Void> {
+        let admitted = open.withLock { count -> Bool in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+        guard admitted else {
+            channel.close(promise: nil)
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
+        channel.closeFuture.whenComplete { [self] _ in
+            open.withLock { $0 -= 1 }
+        }
+        return channel.eventLoop.makeSucceededVoidFuture()
+    }
+
+    /// Connections open now.
+    var count: Int { open.withLock { $0 } }
 }

@@ -15,7 +15,14 @@ package func makeSchedulerServices(
 ) throws -> RoleServices {
     // Fail fast on a strategy name nobody registered.
     let strategy = try registry.strategy(named: config.scheduling.strategy)
-    let scheduler = SchedulerService(config: config, strategy: strategy, telemetry: telemetry, logger: logger)
+    let clusterSecret = ClusterSecret(secret: try config.security.resolvedClusterSecret())
+    if clusterSecret == nil {
+        logger.warning(
+            "no cluster secret configured (security.clusterSecret): a seed peer is trusted only when listed in seedPeers or by the manager, and anyone may list hosts"
+        )
+    }
+    let scheduler = SchedulerService(
+        config: config, strategy: strategy, telemetry: telemetry, clusterSecret: clusterSecret, logger: logger)
     let metrics = HTTPListenerService.endpoints(
         name: "metrics", address: config.metricsListen, telemetry: telemetry, logger: logger)
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: metrics)]
@@ -23,13 +30,19 @@ package func makeSchedulerServices(
     let grpc = try GRPCServerService(
         address: .tcp(host: config.listen.host, port: config.listen.port),
         services: [scheduler],
+        interceptors: [
+            SchedulerCallerInterceptor(secret: clusterSecret, protectedMethods: SchedulerService.protectedMethods)
+        ],
         logger: logger
     )
     services.append(.init(service: grpc))
     listeners.append(grpc.listener)
     // After the server in the group, so it stops first on shutdown.
     services.append(.init(service: scheduler.makeMaintenanceService()))
-    guard let membership = try makeSchedulerMembership(config: config, grpcListener: grpc.listener, logger: logger)
+    guard
+        let membership = try makeSchedulerMembership(
+            config: config, grpcListener: grpc.listener, clusterSecret: clusterSecret,
+            seedPeers: { [roster = scheduler.seedRoster] in roster.replaceLearnt($0) }, logger: logger)
     else {
         return RoleServices(role: "scheduler", services: services, listeners: listeners)
     }
@@ -43,8 +56,10 @@ package func makeSchedulerServices(
             clusterID: UInt64(max(config.manager.schedulerClusterID, 0)),
             hostname: config.hostname.isEmpty ? HostNetwork.systemHostname() : config.hostname,
             ip: config.advertiseIP),
-        executor: PreheatExecutor(hosts: { scheduler.hosts(seeds: $0) }, logger: logger),
+        executor: PreheatExecutor(
+            hosts: { scheduler.hosts(seeds: $0) }, clusterSecret: clusterSecret, logger: logger),
         hosts: { scheduler.reportedHosts() },
+        clusterSecret: clusterSecret,
         logger: logger)
     services.insert(.init(service: commands), at: 0)
     return RoleServices(

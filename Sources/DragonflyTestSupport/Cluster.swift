@@ -374,8 +374,17 @@ private func withPlacedP2PCluster<Value>(
         guard let yaml else { return [] }
         return ["--config", try directory.writeFile(file, text: yaml)]
     }
-    let schedulerConfig = try configArguments(configurations.schedulerYAML, "scheduler.yaml")
-    let seedConfig = try configArguments(configurations.seedYAML, "cdn.yaml")
+    // The scheduler trusts a seed peer only when the cluster vouches for it (DESIGN §11): unless the test set
+    // `security` itself, schedulers and seeds share a cluster secret, as a production cluster does.
+    var schedulerYAML = configurations.schedulerYAML
+    var seedYAML = configurations.seedYAML
+    if !seedHosts.isEmpty, !(schedulerYAML ?? "").contains("security:"), !(seedYAML ?? "").contains("security:") {
+        let secret = "security:\n  clusterSecret: \"test-cluster-\(UInt64.random(in: 0...UInt64.max))\"\n"
+        schedulerYAML = (schedulerYAML.map { $0 + "\n" } ?? "") + secret
+        seedYAML = (seedYAML.map { $0 + "\n" } ?? "") + secret
+    }
+    let schedulerConfig = try configArguments(schedulerYAML, "scheduler.yaml")
+    let seedConfig = try configArguments(seedYAML, "cdn.yaml")
     let daemonConfig = try configArguments(configurations.daemonYAML, "daemon.yaml")
     func bindAddress(_ host: String?) -> String {
         guard let lab, let host else { return "127.0.0.1:0" }

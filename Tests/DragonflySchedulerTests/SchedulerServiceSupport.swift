@@ -24,9 +24,22 @@ struct SchedulerHarness: Sendable {
     private let sessions: SessionList
 
     /// Runs the role, hands `body` a harness, then closes every peer stream and shuts the role down.
-    static func run<T: Sendable>(_ body: (SchedulerHarness) async throws -> T) async throws -> T {
+    ///
+    /// - Parameters:
+    ///   - seedPeers: The scheduler's `seedPeers` (the seed roster).
+    ///   - clusterSecret: The scheduler's `security.clusterSecret` (empty: a lab cluster).
+    ///   - clientSecret: A cluster secret the harness's client sends with every call.
+    static func run<T: Sendable>(
+        seedPeers: [String] = [],
+        clusterSecret: String = "",
+        clientSecret: String? = nil,
+        _ body: (SchedulerHarness) async throws -> T
+    ) async throws -> T {
         let telemetry = Telemetry(role: "scheduler")
-        let role = try makeRole(telemetry: telemetry)
+        let role = try makeRole(telemetry: telemetry) { config in
+            config.seedPeers = seedPeers
+            config.security.clusterSecret = clusterSecret
+        }
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: role.services, logger: logger))
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -36,7 +49,12 @@ struct SchedulerHarness: Sendable {
                 let address = try await grpc.value()
                 result = .success(
                     try await withRPCClient(
-                        target: address, options: RPCClientOptions(defaultTimeout: .seconds(60)), logger: logger
+                        target: address, options: RPCClientOptions(defaultTimeout: .seconds(60)),
+                        interceptors: ClusterSecret(secret: clientSecret).map {
+                            [ClusterSecretClientInterceptor(secret: $0)]
+                        }
+                            ?? [],
+                        logger: logger
                     ) { rpc in
                         try await withHarness(client: rpc, address: address, telemetry: telemetry, body)
                     })
@@ -50,10 +68,13 @@ struct SchedulerHarness: Sendable {
     }
 
     /// `dragonfly scheduler` with every listener on 127.0.0.1:0.
-    static func makeRole(telemetry: Telemetry = Telemetry(role: "scheduler")) throws -> RoleServices {
+    static func makeRole(
+        telemetry: Telemetry = Telemetry(role: "scheduler"), configure: (inout SchedulerConfig) -> Void = { _ in }
+    ) throws -> RoleServices {
         var config = SchedulerConfig()
         config.listen = ListenAddress(host: "127.0.0.1", port: 0)
         config.metricsListen = ListenAddress(host: "127.0.0.1", port: 0)
+        configure(&config)
         let registry = PluginRegistry()
         try registerBuiltinStrategies(into: registry)
         return try makeSchedulerServices(

@@ -84,7 +84,8 @@ struct SchedulerServiceTests {
     @Test func aSeedHostIsTriggeredOnceAndServesTheWaitingChild() async throws {
         let seedPeerService = RecordingPeerService()
         try await withPeerServer(seedPeerService) { seedPort in
-            try await SchedulerHarness.run { harness in
+            // The cluster vouches for the seed: its Peer address is on the seed roster.
+            try await SchedulerHarness.run(seedPeers: ["127.0.0.1:\(seedPort)"]) { harness in
                 try await harness.announceHost("seed-1", type: .super, port: seedPort)
                 try await harness.announceHost("h1", port: 4100)
                 let child = harness.register(peer: "c1", host: "h1")
@@ -249,7 +250,7 @@ struct SchedulerServiceTests {
     }
 
     @Test func syncHostAnnouncesTheHostAndStaysOpenUntilTheClientEndsIt() async throws {
-        try await SchedulerHarness.run { harness in
+        try await SchedulerHarness.run(seedPeers: ["127.0.0.1:4900"]) { harness in
             try await harness.announceHost("h1")
             let (requests, continuation) = AsyncStream.makeStream(of: Dragonfly_V1_SyncHostRequest.self)
             var start = Dragonfly_V1_SyncHostRequest()
@@ -285,7 +286,7 @@ struct SchedulerServiceTests {
 
     @Test func anUnreachableSeedHostFallsBackToTheFirstRegistrant() async throws {
         let closedPort = try freeLoopbackPort()
-        try await SchedulerHarness.run { harness in
+        try await SchedulerHarness.run(seedPeers: ["127.0.0.1:\(closedPort)"]) { harness in
             try await harness.announceHost("seed-1", type: .super, port: closedPort)
             try await harness.announceHost("h1", port: 4100)
             let child = harness.register(peer: "c1", host: "h1")

@@ -250,6 +250,8 @@ package struct ResourceRegistry: Sendable {
         modifyTask(key.taskID) { task in
             task.peers[key.peerID] = nil
             task.backToSourcePeers.remove(key.peerID)
+            task.trustedReaders.remove(key.peerID)
+            task.untrustedReaders.remove(key.peerID)
             task.waitingPeers.remove(key.peerID)
             let children = task.dag.removePeer(key.peerID)
             for child in children.sorted() {

@@ -46,6 +46,14 @@ package struct SchedulerTask: Sendable {
     package var dag: PeerDAG
     /// Peers reading the origin now.
     package var backToSourcePeers: Set<String>
+    /// The origin readers the scheduler chose and trusts: the peers it told to read the origin that run on a
+    /// seed host the cluster vouches for, or on any host when no such seed can serve the task. Only their
+    /// digests, lengths and origin headers are learnt (DESIGN §11).
+    package var trustedReaders: Set<String>
+    /// Peers reading the origin whose reads the scheduler does not trust (they started on their own, or run on
+    /// a normal host while a vouched seed can serve the task): they neither take an origin-reader slot nor make
+    /// others wait for them, and what they report never describes the task.
+    package var untrustedReaders: Set<String>
     /// Seed hosts asked to download the task and not yet registered as its peers.
     package var triggeredSeedHosts: Set<String>
     /// Seed hosts whose trigger failed; not asked again for this task.
@@ -73,6 +81,8 @@ package struct SchedulerTask: Sendable {
         self.peers = [:]
         self.dag = PeerDAG()
         self.backToSourcePeers = []
+        self.trustedReaders = []
+        self.untrustedReaders = []
         self.triggeredSeedHosts = []
         self.failedSeedHosts = []
         self.waitingPeers = []
@@ -112,6 +122,9 @@ package struct SchedulerTask: Sendable {
         pendingDigestBatch[number] = digest
         return true
     }
+
+    /// The origin readers that count: reading now, and not untrusted.
+    package var activeReaders: Set<String> { backToSourcePeers.subtracting(untrustedReaders) }
 
     /// Peers of the task that are still downloading (not finished, not reading the origin themselves).
     package var downloadingPeerIDs: [String] {

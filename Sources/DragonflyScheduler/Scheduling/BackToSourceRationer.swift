@@ -41,7 +41,7 @@ package struct BackToSourceRationer: Sendable, Hashable {
 
     /// Whether one more peer of the task may read the origin now.
     package func hasFreeSlot(in task: SchedulerTask) -> Bool {
-        task.backToSourcePeers.count < limit(peerCount: task.peers.count)
+        task.activeReaders.count < limit(peerCount: task.peers.count)
     }
 
     /// Whether the peer used up its reschedules.
@@ -82,7 +82,7 @@ package struct BackToSourceRationer: Sendable, Hashable {
         if hosts[peer.hostID]?.isSeed == true && mayRead && hasFreeSlot(in: task) {
             return .backToSource(reason: "seed peer reads the origin")
         }
-        if !task.backToSourcePeers.isEmpty || !task.triggeredSeedHosts.isEmpty {
+        if !task.activeReaders.isEmpty || !task.triggeredSeedHosts.isEmpty {
             return .waitForParents
         }
         if task.state == .succeeded && task.peers.values.contains(where: { $0.state == .succeeded }) {

@@ -87,9 +87,10 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         try registry.addPeer(peer)
         registry.modifyTask(key.taskID) { task in
             if task.url.isEmpty { task.url = registration.url }
-            if task.contentLength == nil || task.pieceLength == nil {
-                task.learnLengths(contentLength: registration.contentLength, pieceLength: registration.pieceLength)
-            }
+            // A registrant's own lengths are never the task's: only an origin reader the scheduler chose tells
+            // them (a registrant could otherwise pre-register a task with a layout of its choosing).
+            task.trustedReaders.remove(key.peerID)
+            task.trustedReaders.formIntersection(task.peers.keys)
             task.triggeredSeedHosts.remove(registration.hostID)
             task.lastActivity = now
         }
@@ -204,7 +205,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         // already fetched, so the rationer picks an origin reader first — a seed host over a triggered one,
         // then the first registrant — and everyone else gets it as a parent as soon as it has pieces.
         let lacksOriginReader =
-            task.backToSourcePeers.isEmpty && task.state != .succeeded
+            task.activeReaders.isEmpty && task.state != .succeeded
             && !task.peers.values.contains { $0.state == .succeeded }
         let isSeedPeer = hosts[peer.hostID]?.isSeed == true
         if rationer.isOverRetryLimit(peer) || peer.wantsBackToSource
@@ -226,9 +227,16 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         }
         switch decision ?? .waitForParents {
         case .backToSource(let reason):
+            let trusted = isTrustworthyReader(peer, of: task)
             registry.modifyTask(key.taskID) { task in
                 task.backToSourcePeers.insert(key.peerID)
                 task.waitingPeers.remove(key.peerID)
+                if trusted {
+                    task.trustedReaders.insert(key.peerID)
+                    task.untrustedReaders.remove(key.peerID)
+                } else {
+                    task.untrustedReaders.insert(key.peerID)
+                }
             }
             return .backToSource(reason: reason)
         case .fail(let reason):
@@ -244,6 +252,13 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             registry.modifyTask(key.taskID) { $0.waitingPeers.insert(key.peerID) }
             return .wait(trigger: nil)
         }
+    }
+
+    /// Whether the scheduler may trust what `peer` reads from the origin: it runs on a seed host the cluster
+    /// vouches for, or no such seed can serve the task (a cluster without seeds, or every seed failed it).
+    private func isTrustworthyReader(_ peer: SchedulerPeer, of task: SchedulerTask) -> Bool {
+        if registry.host(peer.hostID)?.isSeed == true { return true }
+        return !registry.hosts.values.contains { $0.isSeed && !task.failedSeedHosts.contains($0.id) }
     }
 
     private func makeNormalPlan(parents: [ParentChoice], task: SchedulerTask) -> NormalTaskPlan {
@@ -365,15 +380,18 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         case .backToSourceStarted(let contentLength, let pieceLength, let header):
             if let rejection = applyPeerEvent(.downloadBackToSource, to: key, now: now) { return [rejection] }
             applyTaskEvent(.download, to: key.taskID)
-            registry.modifyTask(key.taskID) { task in
-                task.learnLengths(contentLength: contentLength, pieceLength: pieceLength)
-                task.responseHeader.merge(header) { _, new in new }
+            // Only a reader the scheduler chose describes the task; its origin headers replace (not grow) the
+            // task's, and are bounded by the service.
+            if task.trustedReaders.contains(key.peerID) {
+                registry.modifyTask(key.taskID) { task in
+                    task.learnLengths(contentLength: contentLength, pieceLength: pieceLength)
+                    if !header.isEmpty { task.responseHeader = header }
+                }
             }
             return scheduleWaitingPeers(taskID: key.taskID, now: now)
 
-        case .pieceFinished(let number, let parentID, let length, let cost, let digest):
+        case .pieceFinished(let number, let parentID, let length, let cost, _):
             let isFirstPiece = peer.finishedPieceCount == 0
-            let fromSeedHost = registry.host(peer.hostID)?.isSeed == true
             var parentHostID: String?
             registry.modifyTask(key.taskID) { task in
                 task.peers[key.peerID]?.finishedPieces.insert(number)
@@ -382,7 +400,8 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
                     task.peers[parentID]?.lastProgress = now
                     parentHostID = task.peers[parentID]?.hostID
                 }
-                if fromSeedHost { task.learnDigest(digest, forPiece: number) }
+                // The digest of a piece fetched from a parent is never learnt: it only echoes what the peer
+                // verified against, or is an attacker's.
             }
             if let parentHostID {
                 registry.modifyHost(parentHostID) { $0.uploadSuccessCount += 1 }
@@ -393,7 +412,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
 
         case .pieceBackToSourceFinished(let number, _, _, let digest):
             let isFirstPiece = peer.finishedPieceCount == 0
-            let trusted = task.backToSourcePeers.contains(key.peerID) || registry.host(peer.hostID)?.isSeed == true
+            let trusted = task.trustedReaders.contains(key.peerID)
             registry.modifyTask(key.taskID) { task in
                 task.peers[key.peerID]?.finishedPieces.insert(number)
                 if trusted { task.learnDigest(digest, forPiece: number) }
@@ -423,15 +442,19 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             return reschedule(key, now: now)
 
         case .finished(let contentLength, let pieceCount), .backToSourceFinished(let contentLength, let pieceCount):
-            registry.modifyTask(key.taskID) { task in
-                task.learnLengths(contentLength: contentLength, pieceLength: nil, pieceCount: pieceCount)
+            if task.trustedReaders.contains(key.peerID) {
+                registry.modifyTask(key.taskID) { task in
+                    task.learnLengths(contentLength: contentLength, pieceLength: nil, pieceCount: pieceCount)
+                }
             }
             if let rejection = applyPeerEvent(.downloadSucceeded, to: key, now: now) { return [rejection] }
             return scheduleWaitingPeers(taskID: key.taskID, now: now)
 
         case .backToSourceFailed(_, let originError):
+            let isTrustedReader = task.trustedReaders.contains(key.peerID)
             if let rejection = applyPeerEvent(.downloadFailed, to: key, now: now) { return [rejection] }
-            guard let originError else {
+            // Only a reader the scheduler trusts may fail the task for everyone with the origin's error.
+            guard let originError, isTrustedReader else {
                 return afterDetach(key, now: now) + scheduleWaitingPeers(taskID: key.taskID, now: now)
             }
             return failTask(key.taskID, with: originError, reporter: key)
@@ -582,6 +605,12 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
     private mutating func applyPeerEvent(
         _ event: PeerStateMachine.Event, to key: PeerKey, now: ContinuousClock.Instant
     ) -> SchedulerAction? {
+        // A peer reading the origin on its own (or untrusted) finishing does not complete the task for others.
+        let isUntrustedReader =
+            registry.task(key.taskID).map {
+                $0.untrustedReaders.contains(key.peerID)
+                    || (!$0.trustedReaders.contains(key.peerID) && $0.peers[key.peerID]?.state == .backToSource)
+            } ?? false
         guard let actions = registry.modifyTask(key.taskID, { $0.peers[key.peerID]?.stateMachine.handle(event) }),
             let actions
         else {
@@ -593,16 +622,22 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
                 registry.modifyTask(key.taskID) { task in
                     task.backToSourcePeers.insert(key.peerID)
                     task.waitingPeers.remove(key.peerID)
+                    // Reading the origin without the scheduler's word: nothing it says is trusted.
+                    if !task.trustedReaders.contains(key.peerID) { task.untrustedReaders.insert(key.peerID) }
                 }
             case .releaseBackToSourceSlot:
-                registry.modifyTask(key.taskID) { $0.backToSourcePeers.remove(key.peerID) }
+                registry.modifyTask(key.taskID) { task in
+                    task.backToSourcePeers.remove(key.peerID)
+                    task.untrustedReaders.remove(key.peerID)
+                }
             case .markTaskSucceeded:
                 registry.modifyTask(key.taskID) { $0.waitingPeers.remove(key.peerID) }
-                applyTaskEvent(.downloadSucceeded, to: key.taskID)
+                if !isUntrustedReader { applyTaskEvent(.downloadSucceeded, to: key.taskID) }
             case .detachFromParentsOfChildren:
                 registry.modifyTask(key.taskID) { task in
                     task.waitingPeers.remove(key.peerID)
                     task.backToSourcePeers.remove(key.peerID)
+                    task.untrustedReaders.remove(key.peerID)
                 }
             case .rejected(let invalid):
                 return .reject(key, code: .failedPrecondition, message: invalid.description)
@@ -620,6 +655,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             case .resetOriginReaders:
                 registry.modifyTask(taskID) { task in
                     task.backToSourcePeers = []
+                    task.untrustedReaders = []
                     task.triggeredSeedHosts = []
                 }
             case .failPeers, .rejected:
@@ -645,6 +681,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             task.originError = error
             task.waitingPeers = []
             task.backToSourcePeers = []
+            task.untrustedReaders = []
             task.triggeredSeedHosts = []
         }
         return task.peers.values

@@ -1,6 +1,6 @@
 import DragonflyCore
 package import DragonflyProto
-import DragonflyRPC
+package import DragonflyRPC
 import GRPCCore
 package import Logging
 import ServiceLifecycle
@@ -38,6 +38,8 @@ package struct ManagerCommandChannel: Service {
     private let executor: PreheatExecutor
     private let hosts: @Sendable () -> [Dragonfly_V1_Host]
     private let hostsReportInterval: Duration
+    /// Attach the cluster secret: the manager opens command channels only for callers that hold it.
+    private let interceptors: [any ClientInterceptor]
     private let logger: Logger
 
     /// - Parameters:
@@ -49,8 +51,10 @@ package struct ManagerCommandChannel: Service {
         executor: PreheatExecutor,
         hosts: @escaping @Sendable () -> [Dragonfly_V1_Host],
         hostsReportInterval: Duration = .seconds(60),
+        clusterSecret: ClusterSecret? = nil,
         logger: Logger
     ) {
+        self.interceptors = clusterSecret.map { [ClusterSecretClientInterceptor(secret: $0)] } ?? []
         self.managerAddress = managerAddress
         self.identity = identity
         self.executor = executor
@@ -85,7 +89,9 @@ package struct ManagerCommandChannel: Service {
     private func session() async throws {
         var options = RPCClientOptions.defaults
         options.defaultTimeout = nil
-        try await withRPCClient(target: managerAddress, options: options, logger: logger) { client in
+        try await withRPCClient(
+            target: managerAddress, options: options, interceptors: interceptors, logger: logger
+        ) { client in
             let manager = Dragonfly_V1_Manager.Client(wrapping: client)
             let (outgoing, sink) = AsyncStream.makeStream(
                 of: Dragonfly_V1_CommandChannelRequest.OneOf_Request.self,

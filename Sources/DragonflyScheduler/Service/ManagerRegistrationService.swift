@@ -6,10 +6,14 @@ package import Logging
 
 /// Builds the scheduler's membership with the manager (`--manager`): it registers with its cluster ID,
 /// hostname, advertised IP, bound gRPC port, IDC and location, then keeps alive every
-/// `manager.keepAliveInterval`, and registers again whenever the manager was away.
+/// `manager.keepAliveInterval`, and registers again whenever the manager was away. Every call carries the
+/// cluster secret when one is configured; the seed peers the manager lists for the cluster at each registration
+/// go to `seedPeers` (the scheduler's ``SeedRoster``).
 package func makeSchedulerMembership(
     config: SchedulerConfig,
     grpcListener: ListenerAddress,
+    clusterSecret: ClusterSecret? = nil,
+    seedPeers: (@Sendable ([String]) -> Void)? = nil,
     logger: Logger
 ) throws(DragonflyError) -> ManagerMembership? {
     guard !config.manager.address.isEmpty else { return nil }
@@ -22,6 +26,7 @@ package func makeSchedulerMembership(
         target: config.manager.address,
         sourceType: .scheduler,
         keepAliveInterval: config.manager.keepAliveInterval.duration,
+        clusterSecret: clusterSecret,
         logger: logger
     ) { manager, options in
         let (boundIP, port) = HostNetwork.split(try await grpcListener.value())
@@ -37,6 +42,7 @@ package func makeSchedulerMembership(
         request.build = build
         request.features = ["schedule"]
         let info = try await manager.registerScheduler(request, options: options)
+        seedPeers?(info.seedPeers.map { SeedRoster.address(ip: $0.ip, port: Int($0.port)) })
         return ManagerRegistration(
             id: info.id, clusterID: info.schedulerClusterID, hostname: info.hostname, ip: info.ip)
     }

@@ -16,10 +16,16 @@ package struct PreheatExecutor: Sendable {
     private let hosts: Hosts
     private let options: RPCClientOptions
     private let concurrency: Int
+    /// Attach the cluster secret to `DownloadTask` calls: a seed refuses them without it when it has one.
+    private let interceptors: [any ClientInterceptor]
     private let logger: Logger
 
-    package init(hosts: @escaping Hosts, options: RPCClientOptions = .defaults, concurrency: Int = 8, logger: Logger) {
+    package init(
+        hosts: @escaping Hosts, options: RPCClientOptions = .defaults, concurrency: Int = 8,
+        clusterSecret: ClusterSecret? = nil, logger: Logger
+    ) {
         self.hosts = hosts
+        self.interceptors = clusterSecret.map { [ClusterSecretClientInterceptor(secret: $0)] } ?? []
         self.options = options
         self.concurrency = max(concurrency, 1)
         self.logger = logger
@@ -45,6 +51,18 @@ package struct PreheatExecutor: Sendable {
             for download in preheat.downloads {
                 var task = Dragonfly_V1_JobTaskResult()
                 task.url = download.url
+                task.reason = result.reason
+                result.failureTasks.append(task)
+            }
+            return result
+        }
+        // A download asked over the network never reads a local path: only network sources are preheated.
+        if let refused = preheat.downloads.first(where: { !ScheduledSchemes.isAllowed($0.url) }) {
+            result.state = .failure
+            result.reason = ScheduledSchemes.refusal(for: refused.url).message
+            for download in preheat.downloads {
+                var task = Dragonfly_V1_JobTaskResult()
+                task.url = Redaction.url(download.url)
                 task.reason = result.reason
                 result.failureTasks.append(task)
             }
@@ -101,7 +119,9 @@ package struct PreheatExecutor: Sendable {
             return (task, false)
         }
         do {
-            let last = try await withRPCClient(target: host.peerAddress, options: options, logger: logger) { client in
+            let last = try await withRPCClient(
+                target: host.peerAddress, options: options, interceptors: interceptors, logger: logger
+            ) { client in
                 let peer = Dragonfly_V1_Peer.Client(wrapping: client)
                 var request = Dragonfly_V1_DownloadTaskRequest()
                 request.download = download

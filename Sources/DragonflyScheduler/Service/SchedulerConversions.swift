@@ -15,6 +15,15 @@ package enum SchedulerConversions {
     package static let maxIdentifierLength = 256
     /// Longest URL accepted.
     package static let maxURLLength = 8192
+    /// Highest piece number accepted plus one (4 Mi pieces: 16 TiB in 4 MiB pieces); keeps a peer's piece
+    /// bitmap small whatever a report claims.
+    package static let maxPieceCount: UInt32 = 1 << 22
+    /// Pieces a registration may list as held.
+    package static let maxRegisteredPieces = Int(maxPieceCount)
+    /// Origin response headers kept from a `BackToSourceStarted`: at most this many ...
+    package static let maxResponseHeaders = 64
+    /// ... with names of at most 256 bytes and values of at most 8 KiB, in all at most 32 KiB.
+    package static let maxResponseHeaderBytes = 32 << 10
 
     // MARK: Requests → core
 
@@ -85,6 +94,13 @@ package enum SchedulerConversions {
         guard !download.url.isEmpty, download.url.utf8.count <= maxURLLength else {
             throw invalid("register.download.url must be a URL of 1-\(maxURLLength) bytes")
         }
+        // A download scheduled over the network never reads a local path (file://) or an unknown scheme.
+        guard ScheduledSchemes.isAllowed(download.url) else { throw ScheduledSchemes.refusal(for: download.url) }
+        guard register.finishedPieceNumbers.count <= maxRegisteredPieces,
+            register.finishedPieceNumbers.allSatisfy({ $0 < maxPieceCount })
+        else {
+            throw invalid("register.finished_piece_numbers must name pieces below \(maxPieceCount)")
+        }
         return PeerRegistration(
             key: key,
             hostID: request.hostID,
@@ -113,11 +129,12 @@ package enum SchedulerConversions {
                     ? try length(started.contentLength, field: "back_to_source_started.content_length") : nil,
                 pieceLength: started.hasPieceLength
                     ? try length(started.pieceLength, field: "back_to_source_started.piece_length") : nil,
-                responseHeader: started.responseHeader)
+                responseHeader: try boundedHeaders(started.responseHeader))
         case .pieceFinished(let finished):
             let piece = finished.piece
             try checkDigest(piece.digest, field: "piece_finished.piece.digest")
             if piece.hasParentID { try checkIdentifier(piece.parentID, field: "piece_finished.piece.parent_id") }
+            try checkPieceNumber(piece.number, field: "piece_finished.piece.number")
             return .pieceFinished(
                 number: piece.number,
                 parentID: piece.hasParentID ? piece.parentID : nil,
@@ -127,6 +144,7 @@ package enum SchedulerConversions {
         case .pieceBackToSourceFinished(let finished):
             let piece = finished.piece
             try checkDigest(piece.digest, field: "piece_back_to_source_finished.piece.digest")
+            try checkPieceNumber(piece.number, field: "piece_back_to_source_finished.piece.number")
             return .pieceBackToSourceFinished(
                 number: piece.number,
                 length: try length(piece.length, field: "piece_back_to_source_finished.piece.length"),
@@ -223,8 +241,12 @@ package enum SchedulerConversions {
     }
 
     /// The `AnnouncePeer` message for a response; `host` looks up parents' hosts.
+    ///
+    /// `transferGrant` is the task's grant (``TransferGrantKey``), put in `SmallTask`, `NormalTask` and
+    /// `NeedBackToSource` answers: children present it to their parents, and an origin reader asks it of its
+    /// children.
     package static func announcePeerResponse(
-        _ response: PeerResponse, clock: WallClock, host: (String) -> PeerHost?
+        _ response: PeerResponse, transferGrant: String = "", clock: WallClock, host: (String) -> PeerHost?
     ) -> Dragonfly_V1_AnnouncePeerResponse {
         var message = Dragonfly_V1_AnnouncePeerResponse()
         switch response {
@@ -245,6 +267,7 @@ package enum SchedulerConversions {
             piece.digest = plan.pieceDigest
             small.piece = piece
             small.responseHeader = plan.responseHeader
+            small.transferGrant = transferGrant
             message.smallTask = small
         case .normalTask(let plan):
             var normal = Dragonfly_V1_NormalTaskResponse()
@@ -254,6 +277,7 @@ package enum SchedulerConversions {
             if let pieceCount = plan.pieceCount { normal.pieceCount = UInt32(clamping: pieceCount) }
             normal.pieceDigests = plan.pieceDigests
             normal.responseHeader = plan.responseHeader
+            normal.transferGrant = transferGrant
             message.normalTask = normal
         case .pieceDigests(let batch):
             var digests = Dragonfly_V1_PieceDigestsResponse()
@@ -264,6 +288,7 @@ package enum SchedulerConversions {
         case .needBackToSource(let reason):
             var need = Dragonfly_V1_NeedBackToSourceResponse()
             need.reason = reason
+            need.transferGrant = transferGrant
             message.needBackToSource = need
         case .sourceError(let error):
             message.sourceError = sourceError(error)
@@ -344,6 +369,28 @@ package enum SchedulerConversions {
         guard !value.isEmpty, value.utf8.count <= maxIdentifierLength else {
             throw invalid("\(field) must be 1-\(maxIdentifierLength) bytes")
         }
+    }
+
+    private static func checkPieceNumber(_ number: UInt32, field: String) throws(DragonflyError) {
+        guard number < maxPieceCount else { throw invalid("\(field) \(number) must be below \(maxPieceCount)") }
+    }
+
+    /// Origin response headers within ``maxResponseHeaders`` and ``maxResponseHeaderBytes``.
+    private static func boundedHeaders(_ headers: [String: String]) throws(DragonflyError) -> [String: String] {
+        guard headers.count <= maxResponseHeaders else {
+            throw invalid("back_to_source_started.response_header has more than \(maxResponseHeaders) headers")
+        }
+        var total = 0
+        for (name, value) in headers {
+            guard !name.isEmpty, name.utf8.count <= 256, value.utf8.count <= 8192 else {
+                throw invalid("back_to_source_started.response_header names must be 1-256 bytes, values at most 8 KiB")
+            }
+            total += name.utf8.count + value.utf8.count
+        }
+        guard total <= maxResponseHeaderBytes else {
+            throw invalid("back_to_source_started.response_header is larger than \(maxResponseHeaderBytes) bytes")
+        }
+        return headers
     }
 
     /// Piece digests are `sha256:<64 lowercase hex>` (DESIGN §4).

@@ -28,6 +28,8 @@ package struct SchedulerMetrics: Sendable {
     package let seedTriggers: [String: Counter]
     /// `PieceDigests` messages pushed.
     package let digestPushes: Counter
+    /// Hosts that announced themselves as seed peers without the cluster vouching for them (kept as normal).
+    package let unvouchedSeeds: Counter
 
     package init(telemetry: Telemetry) {
         let registry = telemetry.registry
@@ -73,5 +75,9 @@ package struct SchedulerMetrics: Sendable {
             "seed_triggers", "Seed-peer download triggers, by result.", label: "result", ["sent", "failed"])
         digestPushes = registry.makeCounter(
             descriptor: descriptor("piece_digest_pushes", "total", "PieceDigests messages pushed to peers."))
+        unvouchedSeeds = registry.makeCounter(
+            descriptor: descriptor(
+                "unvouched_seed_announcements", "total",
+                "Hosts announcing themselves as seed peers without the cluster vouching for them (kept as normal)."))
     }
 }

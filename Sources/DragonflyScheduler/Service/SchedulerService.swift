@@ -1,6 +1,6 @@
 package import DragonflyCore
 package import DragonflyProto
-import DragonflyRPC
+package import DragonflyRPC
 package import DragonflyTelemetry
 package import GRPCCore
 package import Logging
@@ -75,6 +75,16 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
     private let peerStreams = Mutex<[PeerKey: AnnounceStream]>([:])
     private let hostChannels = Mutex<[String: StreamOutbox<Dragonfly_V1_SyncHostResponse>]>([:])
     private let downloads: Mutex<DownloadStore>
+    /// The cluster secret (`security.clusterSecret`); `nil` in a lab cluster.
+    package let clusterSecret: ClusterSecret?
+    /// Derives the per-task transfer grants handed to the task's peers.
+    package let grantKey: TransferGrantKey
+    /// The seed hosts the cluster vouches for (`seedPeers`, the manager's seed peers).
+    package let seedRoster: SeedRoster
+
+    /// Scheduler methods refused without the cluster secret when one is configured: `ListHosts` discloses
+    /// every host's address.
+    package static let protectedMethods: Set<String> = ["dragonfly.v1.Scheduler/ListHosts"]
 
     /// Creates the service from the role configuration; nothing runs until it is registered with a gRPC server
     /// and ``makeMaintenanceService()`` runs in the same `ServiceGroup`.
@@ -83,13 +93,17 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
         strategy: any SchedulingStrategy,
         telemetry: Telemetry,
         options: Options = Options(),
+        clusterSecret: ClusterSecret? = nil,
         logger: Logger
     ) {
         self.config = config
+        self.clusterSecret = clusterSecret
+        self.grantKey = TransferGrantKey(secret: clusterSecret)
+        self.seedRoster = SeedRoster(configured: config.seedPeers)
         self.options = options
         self.logger = logger
         self.metrics = SchedulerMetrics(telemetry: telemetry)
-        self.seedTrigger = SeedPeerTrigger(logger: logger)
+        self.seedTrigger = SeedPeerTrigger(clusterSecret: clusterSecret, logger: logger)
         self.state = Mutex(
             LockedState(core: PeerScheduler(config: config, strategy: strategy, random: SystemRandomNumberGenerator())))
         self.downloads = Mutex(DownloadStore(capacity: options.maxStoredDownloads))
@@ -105,7 +119,7 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
     package func announceHost(
         request: Dragonfly_V1_AnnounceHostRequest, context: ServerContext
     ) async throws -> Dragonfly_V1_AnnounceHostResponse {
-        try announce(request.host)
+        try announce(request.host, context: context)
         metrics.hostAnnouncements.increment()
         var response = Dragonfly_V1_AnnounceHostResponse()
         response.schedulerID = options.schedulerID ?? Self.address(ofPeer: context.localPeer)
@@ -117,8 +131,27 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
     }
 
     /// Adds or refreshes a host (AnnounceHost, SyncHost start).
-    private func announce(_ proto: Dragonfly_V1_Host) throws(DragonflyError) {
-        let host = try SchedulerConversions.peerHost(proto, now: .now)
+    ///
+    /// A host is a seed only when the cluster vouches for it (``isVouchedSeed(_:callerIP:)``); a host that
+    /// announces itself `super` otherwise is kept as a normal host. A known host may move to another IP only
+    /// from its current IP or with the cluster secret.
+    private func announce(_ proto: Dragonfly_V1_Host, context: ServerContext) throws(DragonflyError) {
+        var host = try SchedulerConversions.peerHost(proto, now: .now)
+        let caller = callerIP(ofPeer: context.remotePeer)
+        if host.isSeed && !isVouchedSeed(host, callerIP: caller) {
+            host.kind = .normal
+            metrics.unvouchedSeeds.increment()
+            logger.debug(
+                "seed announcement not vouched for: host kept as normal", metadata: ["df.host.id": "\(host.id)"])
+        }
+        if let known = state.withLock({ $0.core.registry.host(host.id) }),
+            canonicalIP(known.ip) != canonicalIP(host.ip), !mayActOnHost(known, callerIP: caller)
+        {
+            throw DragonflyError(
+                code: .permissionDenied,
+                message: "host '\(host.id.prefix(256))' is announced from another IP; only the host itself or a caller "
+                    + "with the cluster secret (security.clusterSecret) may move it")
+        }
         let removed = try commitThrowing { core throws(DragonflyError) in
             let outcome = try core.announceHost(host, now: .now)
             return (outcome.removed, outcome.actions)
@@ -129,6 +162,16 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
     package func leaveHost(
         request: Dragonfly_V1_LeaveHostRequest, context: ServerContext
     ) async throws -> Google_Protobuf_Empty {
+        // Leaving is idempotent: an unknown host is not an error.
+        guard let host = state.withLock({ $0.core.registry.host(request.hostID) }) else {
+            return Google_Protobuf_Empty()
+        }
+        guard mayActOnHost(host, callerIP: callerIP(ofPeer: context.remotePeer)) else {
+            throw DragonflyError(
+                code: .permissionDenied,
+                message: "LeaveHost is accepted only from the host's own IP or with the cluster secret "
+                    + "(security.clusterSecret)")
+        }
         let removed = commit { core in
             let outcome = core.leaveHost(request.hostID, now: .now)
             return (outcome.removed, outcome.actions)
@@ -183,7 +226,29 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
         guard let task = state.withLock({ $0.core.registry.task(taskID) }) else {
             throw DragonflyError(code: .notFound, message: "task '\(taskID)' is unknown to this scheduler")
         }
+        guard mayDescribe(task, presentedGrant: request.transferGrant) else {
+            throw DragonflyError(
+                code: .permissionDenied,
+                message: "task '\(taskID)' is private: StatTask needs the task's transfer grant")
+        }
         return taskInfo(task, clock: WallClock())
+    }
+
+    /// Whether the task was read with credentials: the origin reader marked it (`x-dragonfly-private`) or a
+    /// registrant's download carries `Authorization` or `Cookie`.
+    private func isPrivate(_ task: SchedulerTask) -> Bool {
+        if task.responseHeader.keys.contains(where: { $0.lowercased() == Self.privateTaskHeader }) { return true }
+        guard let download = downloads.withLock({ $0.download(forTask: task.id) }) else { return false }
+        return download.requestHeader.keys.contains { ["authorization", "cookie"].contains($0.lowercased()) }
+    }
+
+    /// The task header a daemon sets on a task first read with credentials.
+    static let privateTaskHeader = "x-dragonfly-private"
+
+    /// Whether a caller presenting `presentedGrant` may learn a task's URL and layout: always for a public task;
+    /// for a private one with the task's transfer grant or the cluster secret.
+    private func mayDescribe(_ task: SchedulerTask, presentedGrant: String) -> Bool {
+        !isPrivate(task) || SchedulerCaller.hasClusterSecret || grantKey.accepts(presentedGrant, forTask: task.id)
     }
 
     package func statPeer(
@@ -211,7 +276,20 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
         }
         info.cost = SchedulerConversions.protoDuration(peer.lastProgress - peer.registeredAt)
         info.state = SchedulerConversions.peerState(peer.state)
-        info.task = taskInfo(task, clock: clock)
+        // StatPeer carries no grant: a private task is described by its ID and state only.
+        if isPrivate(task) && !SchedulerCaller.hasClusterSecret {
+            var bare = Dragonfly_V1_TaskInfo()
+            bare.id = task.id
+            bare.state = SchedulerConversions.taskState(task.state)
+            info.task = bare
+            info.pieces = info.pieces.map { piece in
+                var piece = piece
+                piece.digest = ""
+                return piece
+            }
+        } else {
+            info.task = taskInfo(task, clock: clock)
+        }
         if let host { info.host = SchedulerConversions.protoHost(host, clock: clock) }
         info.needBackToSource = peer.wantsBackToSource || task.backToSourcePeers.contains(peer.id)
         info.createdAt = clock.timestamp(of: peer.registeredAt)
@@ -222,7 +300,8 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
     private func taskInfo(_ task: SchedulerTask, clock: WallClock) -> Dragonfly_V1_TaskInfo {
         var info = Dragonfly_V1_TaskInfo()
         info.id = task.id
-        info.url = task.url
+        // Never a query value or userinfo: signed URLs and tokens stay in the process.
+        info.url = Redaction.url(task.url)
         if let download = downloads.withLock({ $0.download(forTask: task.id) }) {
             info.tag = download.tag
             info.application = download.application
@@ -237,7 +316,7 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
         info.peerCount = UInt32(clamping: task.peers.count)
         info.availablePeerCount = UInt32(
             clamping: task.peers.values.count { $0.canServe && ($0.finishedPieceCount > 0 || $0.state == .succeeded) })
-        info.responseHeader = task.responseHeader
+        info.responseHeader = Redaction.headers(task.responseHeader)
         info.createdAt = clock.timestamp(of: task.createdAt)
         info.updatedAt = clock.timestamp(of: task.lastActivity)
         return info
@@ -248,6 +327,16 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
     ) async throws -> Google_Protobuf_Empty {
         let key = PeerKey(taskID: try TaskID.validated(request.taskID).rawValue, peerID: request.peerID)
         // Leaving is idempotent: an unknown peer is not an error.
+        let owner = state.withLock { state -> PeerHost? in
+            guard let peer = state.core.registry.peer(key) else { return nil }
+            return state.core.registry.host(peer.hostID)
+        }
+        if let owner, !mayActOnHost(owner, callerIP: callerIP(ofPeer: context.remotePeer)) {
+            throw DragonflyError(
+                code: .permissionDenied,
+                message: "LeavePeer is accepted only from the IP of the peer's host or with the cluster secret "
+                    + "(security.clusterSecret)")
+        }
         let left = commit { core in
             let outcome = core.leavePeer(key, now: .now)
             return (!outcome.removed.peers.isEmpty, outcome.actions.filter { $0.isRejection(of: key) == false })
@@ -285,9 +374,6 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
     ) throws(DragonflyError) {
         let registration = try SchedulerConversions.registration(message)
         let key = registration.key
-        downloads.withLock { store in
-            store.remember(SchedulerConversions.seedDownload(from: message.register.download), forTask: key.taskID)
-        }
         stream.key = key
         let replaced = peerStreams.withLock { streams in
             defer { streams[key] = stream }
@@ -297,8 +383,12 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
             with: DragonflyError(code: .cancelled, message: "peer '\(key.peerID)' registered again on another stream"))
         let decision: RegisterDecision
         do throws(DragonflyError) {
+            let download = SchedulerConversions.seedDownload(from: message.register.download)
             decision = try commitThrowing { core throws(DragonflyError) in
                 let outcome = try core.register(registration, now: .now)
+                // Kept only once the registration was accepted (so refused ones cannot evict real ones), and
+                // before its actions run (a seed trigger sends it).
+                downloads.withLock { $0.remember(download, forTask: key.taskID) }
                 return (outcome.decision, outcome.actions)
             }
         } catch {
@@ -382,7 +472,7 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
                 throw DragonflyError(
                     code: .invalidArgument, message: "host_id '\(first.hostID.prefix(256))' differs from start.host.id")
             }
-            try self.announce(start.host)
+            try self.announce(start.host, context: context)
             try self.openChannel(start.host.id, outbox: outbox)
             hostID.value = start.host.id
             while let message = try await messages.next() {
@@ -556,7 +646,9 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
                 default: break
                 }
                 guard let stream = peerStreams.withLock({ $0[key] }) else { continue }
-                let message = SchedulerConversions.announcePeerResponse(response, clock: clock) { batch.hosts[$0] }
+                let message = SchedulerConversions.announcePeerResponse(
+                    response, transferGrant: grantKey.grant(forTask: key.taskID), clock: clock
+                ) { batch.hosts[$0] }
                 if stream.outbox.send(message) == .full {
                     stream.isSettled = true
                     stream.outbox.abort(
@@ -582,6 +674,11 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
                 }
                 var download = downloads.withLock { $0.download(forTask: taskID) } ?? Dragonfly_V1_Download()
                 download.url = url
+                // A seed never reads a local path on the scheduler's word (registrations are checked already).
+                guard ScheduledSchemes.isAllowed(url) else {
+                    followUps.append(.seedTriggerFailed(hostID: hostID, taskID: taskID))
+                    continue
+                }
                 let request = SeedPeerTrigger.Request(
                     hostID: hostID, taskID: taskID, address: host.peerAddress, download: download)
                 if seedTrigger.submit(request) {
@@ -611,6 +708,29 @@ package final class SchedulerService: Dragonfly_V1_Scheduler.SimpleServiceProtoc
                 for taskID in removed.tasks { store.forget(task: taskID) }
             }
         }
+    }
+
+    // MARK: Trust
+
+    /// Whether the cluster vouches for `host` as a seed: with a cluster secret, the call carries it; without
+    /// one, the host's Peer address is on the seed roster and the call comes from the host's own IP.
+    private func isVouchedSeed(_ host: PeerHost, callerIP: String?) -> Bool {
+        if clusterSecret != nil { return SchedulerCaller.hasClusterSecret }
+        guard let callerIP, canonicalIP(host.ip) == callerIP else { return false }
+        return seedRoster.contains(SeedRoster.address(ip: host.ip, port: host.peerPort))
+    }
+
+    /// Whether the current call may change `host`'s state: it carries the cluster secret, or it comes from the
+    /// host's announced IP (until certificates, "the host itself").
+    private func mayActOnHost(_ host: PeerHost, callerIP: String?) -> Bool {
+        if SchedulerCaller.hasClusterSecret { return true }
+        guard let callerIP else { return false }
+        return canonicalIP(host.ip) == callerIP
+    }
+
+    /// The transfer grant of `taskID`, handed to the task's peers.
+    package func transferGrant(forTask taskID: String) -> String {
+        grantKey.grant(forTask: taskID)
     }
 
     // MARK: Helpers
@@ -668,31 +788,30 @@ private final class HostIDSlot: Sendable {
 }
 
 /// Registrants' downloads by task, for seed triggers and `StatTask`; the oldest entry goes when full.
-struct DownloadStore: Sendable {
-    let capacity: Int
+package struct DownloadStore: Sendable {
+    package let capacity: Int
     private var entries: [String: (download: Dragonfly_V1_Download, order: UInt64)] = [:]
     private var counter: UInt64 = 0
 
-    init(capacity: Int) {
+    package init(capacity: Int) {
         self.capacity = max(capacity, 1)
     }
 
-    func download(forTask taskID: String) -> Dragonfly_V1_Download? { entries[taskID]?.download }
+    package func download(forTask taskID: String) -> Dragonfly_V1_Download? { entries[taskID]?.download }
 
-    /// Keeps the first registrant's download of a task.
-    mutating func remember(_ download: Dragonfly_V1_Download, forTask taskID: String) {
-        guard entries[taskID] == nil else { return }
-        if entries.count >= capacity, let oldest = entries.min(by: { $0.value.order < $1.value.order }) {
-            entries[oldest.key] = nil
-        }
+    /// Keeps the first accepted registrant's download of a task. When full, the new one is not kept (a seed
+    /// trigger then sends the URL alone): a flood of registrations cannot evict the downloads of live tasks;
+    /// GC frees the entries of tasks that are gone.
+    package mutating func remember(_ download: Dragonfly_V1_Download, forTask taskID: String) {
+        guard entries[taskID] == nil, entries.count < capacity else { return }
         counter += 1
         entries[taskID] = (download, counter)
     }
 
-    mutating func forget(task taskID: String) { entries[taskID] = nil }
+    package mutating func forget(task taskID: String) { entries[taskID] = nil }
 
     /// Drops the downloads of tasks the scheduler no longer tracks.
-    mutating func retain(tasks: Set<String>) {
+    package mutating func retain(tasks: Set<String>) {
         entries = entries.filter { tasks.contains($0.key) }
     }
 }

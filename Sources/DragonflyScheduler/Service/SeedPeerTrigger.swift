@@ -49,6 +49,8 @@ package final class SeedPeerTrigger: Sendable {
     /// Deadline of one `DownloadTask` call (the seed's download of the whole task).
     package let callTimeout: Duration
     private let options: RPCClientOptions
+    /// Attach the cluster secret to triggers: a seed refuses `DownloadTask` without it when it has one.
+    private let interceptors: [any ClientInterceptor]
     private let logger: Logger
     private let requests: AsyncStream<Request>
     private let continuation: AsyncStream<Request>.Continuation
@@ -60,9 +62,11 @@ package final class SeedPeerTrigger: Sendable {
         maxInFlight: Int = 256,
         maxQueued: Int = 1024,
         callTimeout: Duration = .seconds(2 * 3600),
+        clusterSecret: ClusterSecret? = nil,
         logger: Logger
     ) {
         self.options = options
+        self.interceptors = clusterSecret.map { [ClusterSecretClientInterceptor(secret: $0)] } ?? []
         self.maxClients = max(maxClients, 1)
         self.maxInFlight = max(maxInFlight, 1)
         self.maxQueued = max(maxQueued, 1)
@@ -139,7 +143,9 @@ package final class SeedPeerTrigger: Sendable {
         }
         if needsClient {
             do throws(DragonflyError) {
-                created = .success(try makeRPCClient(target: request.address, options: options, logger: logger))
+                created = .success(
+                    try makeRPCClient(
+                        target: request.address, options: options, interceptors: interceptors, logger: logger))
             } catch {
                 created = .failure(error)
             }
