@@ -84,6 +84,7 @@ import Testing
         var config = DaemonConfig.RegistryMirrorConfig()
         config.url = "http://127.0.0.1:15000/"
         config.insecureRegistries = ["insecure.example:5000"]
+        config.allowedRegistries = ["insecure.example:5000", "ghcr.io", "docker.io", "quay.io"]
         let mirror = RegistryMirror(config: config)
         let path = "/v2/test/p2p/blobs/\(Self.blob)"
         #expect(try mirror.upstreamURL(target: path, registryHeader: nil) == "http://127.0.0.1:15000" + path)

@@ -14,6 +14,9 @@ struct HTTPSInterceptTests {
         let originCertificate = try #require(origin.tlsCertificatePath)
         return """
             proxy:
+              allowedDestinations: ['127.0.0.1', '::1']
+              registryMirror:
+                url: http://127.0.0.1:9
               hijackHTTPS:
                 cert: \(ca.certificatePath)
                 key: \(ca.keyPath)

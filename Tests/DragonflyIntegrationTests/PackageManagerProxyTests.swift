@@ -157,7 +157,9 @@ struct PackageManagerProxyTests {
             defer { scratch.remove() }
             let jar = try await Self.publishMavenArtifact(payload: payload, to: origin, scratch: scratch)
             let jarDigest = SHA256.hash(data: jar)
-            try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 2) { cluster in
+            try await withP2PCluster(
+                schedulers: 1, seeds: 0, daemons: 2, daemonConfigYAML: ProxyTests.daemonYAML()
+            ) { cluster in
                 for daemon in cluster.daemons {
                     let proxy = try ProxyTests.proxy(of: daemon)
                     let local = cluster.directory.appending("\(daemon.name)-m2")
@@ -249,7 +251,9 @@ struct PackageManagerProxyTests {
             let scratch = try TemporaryDirectory(prefix: "dragonfly-test-yum-")
             defer { scratch.remove() }
             let rpm = try await Self.publishRPM(payload: payload, to: origin, scratch: scratch)
-            try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 2) { cluster in
+            try await withP2PCluster(
+                schedulers: 1, seeds: 0, daemons: 2, daemonConfigYAML: ProxyTests.daemonYAML()
+            ) { cluster in
                 for daemon in cluster.daemons {
                     let proxy = try ProxyTests.proxy(of: daemon)
                     let base = "\(daemon.name)-yum"

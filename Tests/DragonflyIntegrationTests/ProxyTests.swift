@@ -17,6 +17,16 @@ struct ProxyTests {
         try await curlRequest(url, proxy: proxy, method: method, headers: headers, body: body)
     }
 
+    /// A daemon config for proxy tests: the loopback origins the tests use are allowed destinations (the
+    /// proxy refuses loopback otherwise), and the registry mirror's default upstream is `mirror`, a loopback
+    /// address (never a public registry); `proxyLines` are more `proxy` keys, each indented two spaces.
+    static func daemonYAML(_ proxyLines: String = "", mirror: String = "http://127.0.0.1:9", extra: String = "")
+        -> String
+    {
+        "proxy:\n  allowedDestinations: ['127.0.0.1', '::1']\n  registryMirror:\n    url: \(mirror)\n" + proxyLines
+            + extra
+    }
+
     static func proxy(of node: ClusterNode) throws -> String {
         try #require(node.address(of: "proxy"))
     }
@@ -35,7 +45,9 @@ struct ProxyTests {
         try await withNginxOrigin { origin in
             try origin.writeFile("blob.bin", contents: blob)
             let url = origin.url(for: "blob.bin")
-            try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 2) { cluster in
+            try await withP2PCluster(
+                schedulers: 1, seeds: 0, daemons: 2, daemonConfigYAML: Self.daemonYAML()
+            ) { cluster in
                 let (first, second) = (cluster.daemons[0], cluster.daemons[1])
                 // `Connection: close` (as Go clients send it): the connection closes only once every byte left.
                 for (node, close) in [(first, false), (second, true), (first, true)] {
@@ -66,7 +78,9 @@ struct ProxyTests {
         try await withNginxOrigin { origin in
             try origin.writeFile("blob.bin", contents: blob)
             try origin.writeFile("page.html", contents: Array("<p>hello</p>\n".utf8))
-            try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 1) { cluster in
+            try await withP2PCluster(
+                schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: Self.daemonYAML()
+            ) { cluster in
                 let daemon = cluster.daemons[0]
                 let proxy = try Self.proxy(of: daemon)
                 do {
@@ -139,7 +153,7 @@ struct ProxyTests {
         try await withNginxOrigin { origin in
             try origin.writeFile("slow.dat", contents: slow)
             try await withP2PCluster(
-                schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: "proxy:\n  maxConcurrentRequests: 2\n"
+                schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: Self.daemonYAML("  maxConcurrentRequests: 2\n")
             ) { cluster in
                 let proxy = try Self.proxy(of: cluster.daemons[0])
                 do {
@@ -187,7 +201,9 @@ struct ProxyTests {
         try await withNginxOrigin { origin in
             try origin.writeFile("page.html", contents: page)
             try origin.writeFile("blob.bin", contents: page)
-            try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 1) { cluster in
+            try await withP2PCluster(
+                schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: Self.daemonYAML()
+            ) { cluster in
                 let daemon = cluster.daemons[0]
                 let proxy = try Self.proxy(of: daemon)
                 // curl opens a CONNECT tunnel to nginx and speaks HTTP inside it: the proxy only relays bytes,
@@ -221,7 +237,7 @@ struct ProxyTests {
         let page = Array("<p>private</p>\n".utf8)
         try await withNginxOrigin { origin in
             try origin.writeFile("page.html", contents: page)
-            let yaml = "proxy:\n  basicAuth:\n    username: alice\n    password: 's3cret pass'\n"
+            let yaml = Self.daemonYAML("  basicAuth:\n    username: alice\n    password: 's3cret pass'\n")
             try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: yaml) { cluster in
                 let proxy = try Self.proxy(of: cluster.daemons[0])
                 let url = origin.url(for: "page.html")
@@ -267,7 +283,9 @@ struct ProxyTests {
         try await withNginxOrigin { origin in
             try origin.writeFile("big.bin", contents: blob)
             let url = origin.url(for: "big.bin")
-            try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 1) { cluster in
+            try await withP2PCluster(
+                schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: Self.daemonYAML()
+            ) { cluster in
                 let proxy = try Self.proxy(of: cluster.daemons[0])
                 var random = SplitMix(state: 0x5EED_0006)
                 do {

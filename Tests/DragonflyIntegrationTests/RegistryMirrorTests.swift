@@ -38,7 +38,7 @@ struct RegistryMirrorTests {
         try await withDockerRegistry { registry in
             let blobs = try await registry.pushImage(repository: "test/p2p", tag: "v1", layerFile: layer)
             #expect(blobs.count >= 2, "a manifest names a config and a layer")
-            let yaml = "proxy:\n  registryMirror:\n    url: \(registry.baseURL)\n"
+            let yaml = ProxyTests.daemonYAML(mirror: registry.baseURL)
             try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 2, daemonConfigYAML: yaml) { cluster in
                 let primary = "127.0.0.1:\(try freeLoopbackPort())"
                 for daemon in cluster.daemons {
@@ -97,8 +97,9 @@ struct RegistryMirrorTests {
             try await registry.pushImage(repository: "test/ns", tag: "v1", layerFile: layer)
             // The default upstream is elsewhere: only ns or X-Dragonfly-Registry can reach the registry.
             let elsewhere = "http://127.0.0.1:\(try freeLoopbackPort())"
-            let yaml =
-                "proxy:\n  registryMirror:\n    url: \(elsewhere)\n    insecureRegistries: ['\(registry.authority)']\n"
+            let yaml = ProxyTests.daemonYAML(
+                mirror: "\(elsewhere)\n    insecureRegistries: ['\(registry.authority)']\n"
+                    + "    allowedRegistries: ['\(registry.authority)']")
             try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 1, daemonConfigYAML: yaml) { cluster in
                 let proxy = "http://" + (try ProxyTests.proxy(of: cluster.daemons[0]))
                 do {

@@ -40,7 +40,7 @@ struct TokenRegistryTests {
                     pushTokens.contains {
                         $0.granted && $0.scopes.contains { $0.hasSuffix(":push,pull") || $0.hasSuffix(":pull,push") }
                     }, "\(pushTokens)")
-                let yaml = "proxy:\n  registryMirror:\n    url: \(registry.baseURL)\n"
+                let yaml = ProxyTests.daemonYAML(mirror: registry.baseURL)
                 try await withP2PCluster(schedulers: 1, seeds: 0, daemons: 2, daemonConfigYAML: yaml) { cluster in
                     let mirror = "http://" + (try ProxyTests.proxy(of: cluster.daemons[0]))
                     // (a) Without a token: the registry's own challenge, for the ping (direct) and for each blob

@@ -25,7 +25,9 @@ package struct DaemonConfig: RoleConfiguration {
     /// Listener addresses; port 0 binds any free port.
     package struct ListenConfig: Codable, Sendable, Equatable {
         package var peer = ListenAddress(host: "0.0.0.0", port: 4000)
-        package var proxy = ListenAddress(host: "0.0.0.0", port: 4001)
+        /// Loopback by default: a node-wide proxy is an explicit choice, to pair with `proxy.basicAuth` or a
+        /// firewall.
+        package var proxy = ListenAddress(host: "127.0.0.1", port: 4001)
         package var metrics = ListenAddress(host: "0.0.0.0", port: 4002)
         package var health = ListenAddress(host: "0.0.0.0", port: 4003)
         package var piece = ListenAddress(host: "0.0.0.0", port: 4005)
@@ -111,14 +113,26 @@ package struct DaemonConfig: RoleConfiguration {
         package var maxConnections: Int = 1024
         /// A keep-alive connection with no request for this long is closed.
         package var idleTimeout: ConfigDuration = .seconds(60)
+        /// A connection that has not sent a whole request head this long after it opened (or after its last
+        /// response ended) is closed.
+        package var headerTimeout: ConfigDuration = .seconds(30)
+        /// A `CONNECT` tunnel with no byte in either direction for this long is closed.
+        package var tunnelIdleTimeout: ConfigDuration = .seconds(60)
+        /// Addresses the proxy may reach although they are loopback, link-local or private (RFC 1918, 100.64/10,
+        /// fc00::/7, 0.0.0.0/8): CIDRs (`10.0.0.0/8`), addresses, host names or `*.suffix` host patterns. Empty:
+        /// forwards, P2P fetches and `CONNECT`s to such addresses are refused (403).
+        package var allowedDestinations: [String] = []
+        /// Clients (CIDRs or addresses) whose `X-Dragonfly-Tag`, `-Application` and `-Filtered-Query-Params`
+        /// are honoured; these headers change which task a request joins. Empty: nobody's (403).
+        package var trustedIdentityHeaders: [String] = []
         /// Bytes of a request head (request line and headers); larger heads are answered 431. At most 80K.
         package var maxHeaderBytes: ByteSize = .kibibytes(64)
         /// Which requests go P2P: the first rule whose regex matches the absolute URL decides; no match: direct.
         package var rules: [ProxyRule] = ProxyRule.defaults
         /// Where requests without an absolute URI (registry mirror requests) go.
         package var registryMirror = RegistryMirrorConfig()
-        /// Proxy basic authentication for absolute-URI and `CONNECT` requests (407 without it); off when the
-        /// user name is empty. Mirror requests (plain paths) are not asked for it.
+        /// Proxy basic authentication for every request (absolute-URI, `CONNECT` and registry mirror requests;
+        /// 407 without it); off when the user name is empty.
         package var basicAuth = ProxyBasicAuthConfig()
         /// `CONNECT`s to these hosts are intercepted: TLS is ended with a leaf certificate minted from the CA,
         /// and the requests inside go through the rules like plain proxy requests. Others are tunnelled.
@@ -161,6 +175,9 @@ package struct DaemonConfig: RoleConfiguration {
         package var url: String = "https://index.docker.io"
         /// Registry hosts (`host[:port]`) reached over plain HTTP when named by `ns`.
         package var insecureRegistries: [String] = []
+        /// Registries (`host[:port]`, or `*.suffix[:port]`) a mirror request may name with `X-Dragonfly-Registry`
+        /// or `ns`, besides the host of `url`. Empty: only `url`'s.
+        package var allowedRegistries: [String] = []
         package init() {}
     }
 
@@ -221,6 +238,23 @@ package struct DaemonConfig: RoleConfiguration {
             (1...65536).contains(proxy.maxConcurrentRequests), "proxy.maxConcurrentRequests", "must be 1-65536")
         try v.require((1...65536).contains(proxy.maxConnections), "proxy.maxConnections", "must be 1-65536")
         try v.require(proxy.idleTimeout.milliseconds > 0, "proxy.idleTimeout", "must be positive")
+        try v.require(proxy.headerTimeout.milliseconds > 0, "proxy.headerTimeout", "must be positive")
+        try v.require(proxy.tunnelIdleTimeout.milliseconds > 0, "proxy.tunnelIdleTimeout", "must be positive")
+        for (index, entry) in proxy.allowedDestinations.enumerated() {
+            try v.require(
+                AddressPattern(parsing: entry) != nil, "proxy.allowedDestinations[\(index)]",
+                "'\(entry)' is not a CIDR, an address or a host name pattern")
+        }
+        for (index, entry) in proxy.trustedIdentityHeaders.enumerated() {
+            try v.require(
+                AddressPattern(parsing: entry)?.isNetwork == true, "proxy.trustedIdentityHeaders[\(index)]",
+                "'\(entry)' is not a CIDR or an address")
+        }
+        for (index, entry) in proxy.registryMirror.allowedRegistries.enumerated() {
+            try v.require(
+                !entry.isEmpty && !entry.contains("/"), "proxy.registryMirror.allowedRegistries[\(index)]",
+                "'\(entry)' must be host[:port] or *.suffix[:port]")
+        }
         try v.require(
             (1024...(80 << 10)).contains(proxy.maxHeaderBytes.bytes), "proxy.maxHeaderBytes",
             "must be 1K-80K (NIO's HTTP parser caps a head at 80K)")

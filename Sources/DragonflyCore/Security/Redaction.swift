@@ -31,7 +31,7 @@ package enum Redaction {
             rest = rest[..<mark]
         }
         var out = String(rest)
-        if let schemeEnd = rest.range(of: "://") {
+        if let schemeEnd = rest.firstRange(of: "://") {
             let authorityStart = schemeEnd.upperBound
             let authorityEnd = rest[authorityStart...].firstIndex(of: "/") ?? rest.endIndex
             let authority = rest[authorityStart..<authorityEnd]

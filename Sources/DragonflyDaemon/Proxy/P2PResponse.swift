@@ -78,8 +78,23 @@ struct P2PResponse {
             filteredQueryParams: download.filteredQueryParams.isEmpty ? nil : download.filteredQueryParams)
         var logger = logger
         logger[metadataKey: "df.task.id"] = "\(taskID)"
+        var taskHeader = HTTPHeaders()
+        taskHeader.add(name: "X-Dragonfly-Task-ID", value: taskID.rawValue)
+
+        // A task already in the cache is joined only when this request's own URL names its content: nothing of
+        // this request may go into (or come out of) a task another URL made unless the origin says it is the
+        // same object.
+        var joined: String?
+        if let existing = context.store.taskInfo(taskID: taskID) {
+            guard await namesContent(of: existing) else {
+                return try await refuseJoin(taskID: taskID, extra: taskHeader)
+            }
+            joined = existing.url
+        }
 
         let watch = DownloadWatch()
+        // A client that goes away ends its response at once (the download itself may finish into the cache).
+        responder.channel.closeFuture.whenComplete { _ in watch.abandon() }
         let downloader = context.downloader
         let request = download
         return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -92,17 +107,52 @@ struct P2PResponse {
                 }
             }
             defer { group.cancelAll() }
-            return try await stream(taskID: taskID, range: range, watch: watch, logger: logger)
+            return try await stream(
+                taskID: taskID, range: range, watch: watch, joined: joined, taskHeader: taskHeader, logger: logger)
         }
     }
 
+    /// Whether this request's URL names the content of the stored task `info`: the same URL after the default
+    /// query filter (DESIGN §4), or — when the URLs differ (a tag or a filter made the IDs meet) — an origin
+    /// `HEAD` of this request's own URL, with the client's headers, whose length and validators (`ETag`,
+    /// `Last-Modified`; at least one) equal the task's.
+    private func namesContent(of info: StoredTaskInfo) async -> Bool {
+        let defaults = URLFilter.defaultFilteredQueryParams
+        if URLFilter.filter(info.url, removing: defaults) == URLFilter.filter(route.url, removing: defaults) {
+            return true
+        }
+        guard let taskLength = info.contentLength else { return false }
+        let request = context.originRequest(url: route.url, method: .HEAD, headers: Self.originHeaders(head.headers))
+        guard let response = try? await context.http.execute(request, deadline: .now() + .seconds(30), logger: logger),
+            (200..<300).contains(Int(response.status.code))
+        else { return false }
+        guard response.headers.first(name: "Content-Length").flatMap({ Int64($0) }) == taskLength else { return false }
+        var matched = false
+        for name in ["etag", "last-modified"] {
+            guard let expected = info.headers[name] else { continue }
+            guard response.headers.first(name: name) == expected else { return false }
+            matched = true
+        }
+        return matched
+    }
+
+    /// Answers a request whose URL does not name the content of the task its ID leads to.
+    private func refuseJoin(taskID: TaskID, extra: HTTPHeaders) async throws -> Bool {
+        context.metrics?.proxyRejected.increment()
+        logger.debug("proxy refused to join a task made from another URL")
+        return try await responder.text(
+            .conflict,
+            "task \(taskID) was made from another URL whose content differs from this one's; request it without "
+                + "X-Dragonfly-Tag or X-Dragonfly-Filtered-Query-Params, or with another tag",
+            headers: extra)
+    }
+
     /// Waits for the task's layout, answers the head, then streams the bytes piece by piece.
-    private func stream(taskID: TaskID, range: ProxyByteRange?, watch: DownloadWatch, logger: Logger) async throws
-        -> Bool
-    {
+    private func stream(
+        taskID: TaskID, range: ProxyByteRange?, watch: DownloadWatch, joined: String?, taskHeader: HTTPHeaders,
+        logger: Logger
+    ) async throws -> Bool {
         let store = context.store
-        var taskHeader = HTTPHeaders()
-        taskHeader.add(name: "X-Dragonfly-Task-ID", value: taskID.rawValue)
         // The layout: content length and piece length, known once the task is open in the store.
         var info: StoredTaskInfo
         var length: Int64
@@ -113,6 +163,7 @@ struct P2PResponse {
                 length = known
                 break
             }
+            if watch.isAbandoned { throw CancellationError() }
             if let outcome = watch.outcome {
                 if let error = outcome.error { return try await sendFailure(error, extra: taskHeader) }
                 guard let current = store.taskInfo(taskID: taskID), let known = current.contentLength else {
@@ -127,6 +178,10 @@ struct P2PResponse {
             await watch.wait(after: seen)
         }
 
+        // The task may have been made by another request between the check above and the download.
+        if info.url != joined, info.url != route.url, !(await namesContent(of: info)) {
+            return try await refuseJoin(taskID: taskID, extra: taskHeader)
+        }
         if TaskPrivacy.isPrivate(info.headers), let refused = try await originRefuses(extra: taskHeader) {
             return refused
         }
@@ -182,6 +237,7 @@ struct P2PResponse {
         while true {
             let seen = watch.version
             if store.hasPiece(taskID: taskID, number: number) { return }
+            if watch.isAbandoned { throw CancellationError() }
             if let outcome = watch.outcome {
                 if store.hasPiece(taskID: taskID, number: number) { return }
                 throw outcome.error
@@ -192,9 +248,11 @@ struct P2PResponse {
         }
     }
 
-    /// Asks the origin whether this client may read a private task (``TaskPrivacy``): a `HEAD` with the client's
-    /// request headers. A 2xx or 3xx answer lets the task be served (nil); otherwise the client gets the origin's
-    /// status and headers (a registry's 401 and its `WWW-Authenticate` challenge) and the returned keep-alive.
+    /// Asks the origin whether this client may read a private task (``TaskPrivacy``): a `HEAD` of the request's
+    /// own URL — which names the task's content (``namesContent(of:)``), and carries the client's own signature
+    /// parameters where the task's recorded URL carries its first reader's — with the client's request headers.
+    /// A 2xx or 3xx answer lets the task be served (nil); otherwise the client gets the origin's status and
+    /// headers (a registry's 401 and its `WWW-Authenticate` challenge) and the returned keep-alive.
     private func originRefuses(extra: HTTPHeaders) async throws -> Bool? {
         let request = context.originRequest(url: route.url, method: .HEAD, headers: Self.originHeaders(head.headers))
         let response: HTTPClientResponse
@@ -203,8 +261,8 @@ struct P2PResponse {
         } catch {
             return try await responder.text(
                 .badGateway,
-                "cannot ask \(DirectForward.authority(of: route.url)) whether this client may read "
-                    + "the cached object: \(error)", headers: extra)
+                "cannot ask \(DirectForward.hostAndPort(of: route.url)) whether this client may read "
+                    + "the cached object: \(Redaction.message("\(error)"))", headers: extra)
         }
         if (200..<400).contains(Int(response.status.code)) { return nil }
         logger.debug("origin refused a private task", metadata: ["df.status": "\(response.status.code)"])
@@ -225,8 +283,8 @@ struct P2PResponse {
             headers = ProxyHeaders.downstream(headers)
             headers.add(contentsOf: extra)
             return try await responder.text(
-                HTTPResponseStatus(statusCode: origin.status, reasonPhrase: origin.reason), error.message,
-                headers: headers)
+                HTTPResponseStatus(statusCode: origin.status, reasonPhrase: origin.reason),
+                Redaction.message(error.message), headers: headers)
         }
         let status: HTTPResponseStatus =
             switch error.code {
@@ -239,7 +297,7 @@ struct P2PResponse {
             case .permissionDenied: .forbidden
             default: .internalServerError
             }
-        return try await responder.text(status, error.message, headers: extra)
+        return try await responder.text(status, Redaction.message(error.message), headers: extra)
     }
 }
 
@@ -254,6 +312,7 @@ final class DownloadWatch: Sendable {
     private struct State {
         var version = 0
         var outcome: Outcome?
+        var abandoned = false
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
     }
@@ -262,6 +321,19 @@ final class DownloadWatch: Sendable {
 
     var version: Int { state.withLock { $0.version } }
     var outcome: Outcome? { state.withLock { $0.outcome } }
+    /// Whether the response's client went away.
+    var isAbandoned: Bool { state.withLock { $0.abandoned } }
+
+    /// Marks the client gone and wakes every waiter.
+    func abandon() {
+        let waiters = state.withLock { state in
+            state.abandoned = true
+            state.version += 1
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
 
     func bump() {
         let waiters = state.withLock { state in

@@ -50,7 +50,7 @@ struct ProxyConnection {
                 }
             }
         } catch {
-            logger.debug("proxy connection ended", metadata: ["df.error": "\(error)"])
+            logger.debug("proxy connection ended", metadata: ["df.error": "\(Redaction.message("\(error)"))"])
         }
     }
 
@@ -84,47 +84,86 @@ struct ProxyConnection {
                 extra: [("Retry-After", "1")])
         }
 
+        // Every request form needs the proxy's credentials (an intercepted connection showed them on its
+        // CONNECT).
+        guard
+            origin != nil
+                || ProxyAuthorization.isAuthorized(
+                    head.headers.first(name: "Proxy-Authorization"),
+                    required: context.configuration.requiredAuthorization)
+        else {
+            context.metrics?.proxyRejected.increment()
+            return try await responder.text(
+                .proxyAuthenticationRequired, "the proxy needs Proxy-Authorization (basic)",
+                extra: [("Proxy-Authenticate", "Basic realm=\"dragonfly\"")])
+        }
+        // Headers that change which task a request joins are honoured only from clients the config trusts.
+        if let name = Self.identityHeaders.first(where: { head.headers.contains(name: $0) }),
+            !isTrustedForIdentity
+        {
+            context.metrics?.proxyRejected.increment()
+            return try await responder.text(
+                .forbidden, "\(name) is honoured only from clients listed in proxy.trustedIdentityHeaders")
+        }
+
         let forceP2P = head.headers.first(name: "X-Dragonfly-Use-P2P")?.lowercased() == "true"
         let route: ProxyRoute
         var isBlob = false
+        var isMirror = false
         let lowered = head.uri.prefix(8).lowercased()
         if let origin, head.uri.hasPrefix("/") {
             route = context.configuration.rules.route(
                 url: origin + head.uri, method: head.method.rawValue, forceP2P: forceP2P)
         } else if lowered.hasPrefix("http://") || lowered.hasPrefix("https://") {
-            guard
-                origin != nil
-                    || ProxyAuthorization.isAuthorized(
-                        head.headers.first(name: "Proxy-Authorization"),
-                        required: context.configuration.requiredAuthorization)
-            else {
-                context.metrics?.proxyRejected.increment()
-                return try await responder.text(
-                    .proxyAuthenticationRequired, "the proxy needs Proxy-Authorization (basic)",
-                    extra: [("Proxy-Authenticate", "Basic realm=\"dragonfly\"")])
-            }
             route = context.configuration.rules.route(
                 url: head.uri, method: head.method.rawValue, forceP2P: forceP2P)
         } else if head.uri.hasPrefix("/") {
+            guard head.method == .GET || head.method == .HEAD else {
+                context.metrics?.proxyRejected.increment()
+                return try await responder.text(
+                    .methodNotAllowed, "the registry mirror serves only GET and HEAD", extra: [("Allow", "GET, HEAD")])
+            }
             let upstream: String
             do {
                 upstream = try context.configuration.mirror.upstreamURL(
                     target: head.uri, registryHeader: head.headers.first(name: "X-Dragonfly-Registry"))
             } catch {
                 context.metrics?.proxyRejected.increment()
-                return try await responder.text(.badRequest, error.message)
+                return try await responder.text(
+                    error.code == .permissionDenied ? .forbidden : .badRequest, Redaction.message(error.message))
             }
             isBlob = RegistryMirror.isBlob(target: head.uri)
+            isMirror = true
             route = ProxyRoute(
                 url: upstream, isP2P: head.method == .GET && (isBlob || forceP2P), filteredQueryParams: nil)
         } else {
             context.metrics?.proxyRejected.increment()
             return try await responder.text(
-                .badRequest, "request target '\(head.uri.prefix(80))' is neither an absolute URL nor a path")
+                .badRequest,
+                "request target '\(Redaction.url(head.uri.prefix(80)))' is neither an absolute URL nor a path")
         }
         var routed = route
         if let filter = head.headers.first(name: "X-Dragonfly-Filtered-Query-Params") {
             routed.filteredQueryParams = URLFilter.parseList(filter)
+        }
+        // Mirror upstreams are the registries the config lists; every other destination is checked (and a
+        // plain-HTTP forward connects to the checked address).
+        var pinned: SocketAddress?
+        if !isMirror {
+            guard let target = DirectForward.target(of: routed.url) else {
+                context.metrics?.proxyRejected.increment()
+                return try await responder.text(
+                    .badRequest, "'\(Redaction.url(routed.url.prefix(200)))' names no host")
+            }
+            do {
+                pinned = try await context.configuration.destinations.resolve(host: target.host, port: target.port)
+                    .first
+            } catch {
+                context.metrics?.proxyRejected.increment()
+                logger.debug("proxy destination refused", metadata: ["df.error": "\(error.message)"])
+                return try await responder.text(
+                    error.code == .permissionDenied ? .forbidden : .badGateway, error.message)
+            }
         }
         var logger = logger
         logger[metadataKey: "df.proxy.method"] = "\(head.method.rawValue)"
@@ -136,8 +175,19 @@ struct ProxyConnection {
         }
         context.metrics?.proxyDirect.increment()
         let direct = DirectForward(
-            head: head, url: routed.url, body: body, context: context, responder: responder, logger: logger)
+            head: head, url: routed.url, pinned: pinned, body: body, context: context, responder: responder,
+            logger: logger)
         return try await direct.respond()
+    }
+
+    /// Request headers that change a task's identity.
+    static let identityHeaders = ["X-Dragonfly-Tag", "X-Dragonfly-Application", "X-Dragonfly-Filtered-Query-Params"]
+
+    /// Whether the client's address is in `proxy.trustedIdentityHeaders`.
+    private var isTrustedForIdentity: Bool {
+        guard let text = connection.channel.remoteAddress?.ipAddress, let address = IPAddressBytes(parsing: text)
+        else { return false }
+        return context.configuration.trustedIdentityClients.contains { $0.matches(address: address) }
     }
 }
 

@@ -114,6 +114,7 @@ package struct RegistryMirror: Sendable {
     package let defaultUpstream: String
     private let defaultHost: String
     private let insecure: Set<String>
+    private let allowed: [String]
 
     package init(config: DaemonConfig.RegistryMirrorConfig) {
         var url = config.url
@@ -122,11 +123,44 @@ package struct RegistryMirror: Sendable {
         defaultHost = String(url.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first ?? "")
             .lowercased()
         insecure = Set(config.insecureRegistries.map { $0.lowercased() })
+        allowed = config.allowedRegistries.map { $0.trimmingSpaces().lowercased() }.filter { !$0.isEmpty }
+    }
+
+    /// Whether a mirror request may name the registry `authority` (`host[:port]`): the default upstream's, or
+    /// one matching `allowedRegistries` (`host` matches any port, `host:port` that port, `*.suffix[:port]`
+    /// every subdomain).
+    package func allowsRegistry(_ authority: String) -> Bool {
+        let lowered = authority.lowercased()
+        if lowered == defaultHost { return true }
+        let (host, port) = Self.split(authority: lowered)
+        for entry in allowed {
+            let (patternHost, patternPort) = Self.split(authority: entry)
+            if let patternPort, patternPort != port { continue }
+            if patternHost.hasPrefix("*.") {
+                let suffix = patternHost.dropFirst(2)
+                if host == suffix || host.hasSuffix("." + suffix) { return true }
+            } else if host == patternHost {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// The host (without brackets) and port of `host[:port]` or `[v6][:port]`.
+    static func split(authority: String) -> (host: String, port: String?) {
+        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
+            let host = String(authority[authority.index(after: authority.startIndex)..<close])
+            let rest = authority[authority.index(after: close)...]
+            return (host, rest.hasPrefix(":") ? String(rest.dropFirst()) : nil)
+        }
+        guard let colon = authority.lastIndex(of: ":") else { return (authority, nil) }
+        return (String(authority[..<colon]), String(authority[authority.index(after: colon)...]))
     }
 
     /// The absolute upstream URL of origin-form `target` (`/v2/…?…`): the registry from `registryHeader`
     /// (`X-Dragonfly-Registry`, with a scheme), else the `ns` query parameter, else the default; `ns` is removed
-    /// from the URL. Throws `invalidArgument` for a malformed header, `ns` or target.
+    /// from the URL. Throws `invalidArgument` for a malformed header, `ns` or target, and `permissionDenied`
+    /// for a path outside `/v2/` or a registry the config does not list.
     package func upstreamURL(target: String, registryHeader: String?) throws(DragonflyError) -> String {
         guard target.hasPrefix("/") else {
             throw DragonflyError(code: .invalidArgument, message: "request target '\(target.prefix(80))' is not a path")
@@ -136,6 +170,11 @@ package struct RegistryMirror: Sendable {
         if let mark = target.firstIndex(of: "?") {
             path = target[..<mark]
             query = target[target.index(after: mark)...].split(separator: "&", omittingEmptySubsequences: true)
+        }
+        guard Self.isRegistryPath(path) else {
+            throw DragonflyError(
+                code: .permissionDenied,
+                message: "the registry mirror serves only the registry API (paths under /v2/)")
         }
         var namespace: String?
         query.removeAll { item in
@@ -154,8 +193,31 @@ package struct RegistryMirror: Sendable {
         } else {
             upstream = defaultUpstream
         }
+        if upstream != defaultUpstream {
+            let authority = String(
+                upstream.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first ?? "")
+            // `ns=docker.io` may be listed as `docker.io` or as `index.docker.io`.
+            let fromHeader = registryHeader.map { !$0.trimmingSpaces().isEmpty } ?? false
+            let named = fromHeader ? authority : (namespace?.lowercased() ?? authority)
+            guard allowsRegistry(authority) || allowsRegistry(named) else {
+                throw DragonflyError(
+                    code: .permissionDenied,
+                    message: "the registry mirror does not serve \(named.prefix(100)); list it in "
+                        + "proxy.registryMirror.allowedRegistries to allow it")
+            }
+        }
         let rest = query.isEmpty ? "" : "?" + query.joined(separator: "&")
         return upstream + path + rest
+    }
+
+    /// Whether `path` is `/v2` or under `/v2/` without a `.` or `..` segment (percent-encoded or not) or a
+    /// backslash, so the upstream sees the registry API and nothing else.
+    static func isRegistryPath(_ path: Substring) -> Bool {
+        guard path == "/v2" || path.hasPrefix("/v2/"), !path.contains("\\") else { return false }
+        return !path.split(separator: "/", omittingEmptySubsequences: false).contains { segment in
+            let decoded = URLFilter.percentDecoded(segment)
+            return decoded == "." || decoded == ".." || decoded.contains("/") || decoded.contains("\\")
+        }
     }
 
     /// `scheme://host` for a registry named by `ns` (containerd): https unless insecure or the default's host.

@@ -22,6 +22,16 @@ package struct ProxyServerConfiguration: Sendable {
     package var maximumConnections: Int
     /// A keep-alive connection with no request for this long is closed.
     package var idleTimeout: Duration
+    /// A connection whose request head is not complete this long after it opened (or after its last response)
+    /// is closed.
+    package var headerTimeout: Duration
+    /// A `CONNECT` tunnel silent both ways for this long is closed.
+    package var tunnelIdleTimeout: Duration
+    /// Which addresses forwards, P2P fetches and tunnels may reach.
+    var destinations: DestinationPolicy
+    /// Clients whose task-identity headers (`X-Dragonfly-Tag`, `-Application`, `-Filtered-Query-Params`) are
+    /// honoured.
+    package var trustedIdentityClients: [AddressPattern]
     /// Bytes of a request line plus headers; larger heads are answered 431.
     package var maximumHeaderBytes: Int
     /// Which absolute-URI requests go P2P.
@@ -40,6 +50,10 @@ package struct ProxyServerConfiguration: Sendable {
         maximumConcurrentRequests = config.proxy.maxConcurrentRequests
         maximumConnections = config.proxy.maxConnections
         idleTimeout = config.proxy.idleTimeout.duration
+        headerTimeout = config.proxy.headerTimeout.duration
+        tunnelIdleTimeout = config.proxy.tunnelIdleTimeout.duration
+        destinations = DestinationPolicy(allowed: config.proxy.allowedDestinations)
+        trustedIdentityClients = config.proxy.trustedIdentityHeaders.compactMap { AddressPattern(parsing: $0) }
         maximumHeaderBytes = Int(config.proxy.maxHeaderBytes.bytes)
         rules = try ProxyRuleSet(rules: config.proxy.rules)
         mirror = RegistryMirror(config: config.proxy.registryMirror)
@@ -110,6 +124,11 @@ package struct ProxyServer: Service {
     package func run() async throws {
         let address = configuration.address
         let idle = TimeAmount(configuration.idleTimeout)
+        let headerTimeout = TimeAmount(configuration.headerTimeout)
+        let tunnelIdle = TimeAmount(configuration.tunnelIdleTimeout)
+        let counters = self.counters
+        let maximumConnections = configuration.maximumConnections
+        let refusalLogger = logger
         let serverChannel: NIOAsyncChannel<EventLoopFuture<ProxyChannel>, Never>
         let maximumHeadBytes = configuration.maximumHeaderBytes
         let interceptor = configuration.interceptor
@@ -120,12 +139,23 @@ package struct ProxyServer: Service {
                 .serverChannelOption(.backlog, value: 256)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: address.host, port: address.port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
+                    // The cap counts every accepted connection until it closes, whatever it turns out to be; one
+                    // over it is closed at once, before it can hold anything.
+                    let open = counters.connections.add(1, ordering: .relaxed).newValue
+                    channel.closeFuture.whenComplete { _ in counters.connections.subtract(1, ordering: .relaxed) }
+                    guard open <= maximumConnections else {
+                        refusalLogger.debug("proxy refuses a connection over the limit")
+                        channel.close(promise: nil)
+                        return channel.eventLoop.makeSucceededFuture(
+                            channel.eventLoop.makeSucceededFuture(ProxyChannel.refused))
+                    }
+                    return channel.eventLoop.makeCompletedFuture {
                         // The connection's kind (HTTP or CONNECT tunnel) is known after its first bytes.
                         let promise = channel.eventLoop.makePromise(of: ProxyChannel.self)
                         try channel.pipeline.syncOperations.addHandler(
                             ProxyProtocolSniffer(
-                                maximumHeadBytes: maximumHeadBytes, idleTimeout: idle, interceptor: interceptor,
+                                maximumHeadBytes: maximumHeadBytes, idleTimeout: idle, headerTimeout: headerTimeout,
+                                tunnelIdleTimeout: tunnelIdle, interceptor: interceptor,
                                 requiredAuthorization: requiredAuthorization, promise: promise))
                         return promise.futureResult
                     }
@@ -149,27 +179,11 @@ package struct ProxyServer: Service {
         let context = ProxyContext(
             configuration: configuration, downloader: downloader, store: store, metrics: metrics, http: http,
             counters: counters)
-        let counters = self.counters
-        let maximumConnections = configuration.maximumConnections
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 try await serverChannel.executeThenClose { inbound in
                     for try await kind in inbound.cancelOnGracefulShutdown() {
-                        let open = counters.connections.add(1, ordering: .relaxed).newValue
-                        guard open <= maximumConnections else {
-                            counters.connections.subtract(1, ordering: .relaxed)
-                            logger.debug("proxy refuses a connection over the limit")
-                            kind.whenSuccess { kind in
-                                switch kind {
-                                case .http(let channel, _, _): channel.channel.close(promise: nil)
-                                case .tunnel(let channel, _, _): channel.channel.close(promise: nil)
-                                case .refused: break
-                                }
-                            }
-                            continue
-                        }
                         group.addTask {
-                            defer { counters.connections.subtract(1, ordering: .relaxed) }
                             switch try? await kind.get() {
                             case .http(let connection, let activity, let origin):
                                 if origin != nil { context.metrics?.proxyIntercepted.increment() }
@@ -199,6 +213,7 @@ package struct ProxyServer: Service {
 
 /// Counters shared by a proxy's connections.
 final class ProxyCounters: Sendable {
+    /// Accepted connections not yet closed.
     let connections = Atomic<Int>(0)
     let requests = Atomic<Int>(0)
 }

@@ -34,6 +34,8 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
 
     private let maximumHeadBytes: Int
     private let idleTimeout: TimeAmount
+    private let headerTimeout: TimeAmount
+    private let tunnelIdleTimeout: TimeAmount
     private let promise: EventLoopPromise<ProxyChannel>
     private let interceptor: HTTPSInterceptor?
     private let requiredAuthorization: String?
@@ -42,11 +44,13 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
     private var timer: Scheduled<Void>?
 
     init(
-        maximumHeadBytes: Int, idleTimeout: TimeAmount, interceptor: HTTPSInterceptor?,
-        requiredAuthorization: String?, promise: EventLoopPromise<ProxyChannel>
+        maximumHeadBytes: Int, idleTimeout: TimeAmount, headerTimeout: TimeAmount, tunnelIdleTimeout: TimeAmount,
+        interceptor: HTTPSInterceptor?, requiredAuthorization: String?, promise: EventLoopPromise<ProxyChannel>
     ) {
         self.maximumHeadBytes = maximumHeadBytes
         self.idleTimeout = idleTimeout
+        self.headerTimeout = headerTimeout
+        self.tunnelIdleTimeout = tunnelIdleTimeout
         self.interceptor = interceptor
         self.requiredAuthorization = requiredAuthorization
         self.promise = promise
@@ -55,7 +59,8 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
     func handlerAdded(context: ChannelHandlerContext) {
         let channel = context.channel
         let promise = self.promise
-        timer = context.eventLoop.scheduleTask(in: idleTimeout) {
+        // The first request head (or a CONNECT's whole head) must arrive within both timeouts.
+        timer = context.eventLoop.scheduleTask(in: min(idleTimeout, headerTimeout)) {
             promise.fail(DragonflyError(code: .deadlineExceeded, message: "the client sent no request"))
             channel.close(promise: nil)
         }
@@ -208,6 +213,7 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
         try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
         try pipeline.addHandler(IdleStateHandler(readTimeout: idleTimeout))
         try pipeline.addHandler(IdleConnectionCloser(activity: activity))
+        try pipeline.addHandler(RequestHeadDeadline(first: headerTimeout, between: max(idleTimeout, headerTimeout)))
         let channel = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
             wrappingChannelSynchronously: context.channel)
         promise.succeed(.http(channel, activity, origin: origin))
@@ -223,6 +229,10 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
     ) {
         finishDecision(context: context)
         do {
+            // A tunnel with no byte either way for the tunnel idle timeout is closed (reads by the client and
+            // writes to it are both activity on this channel).
+            try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: tunnelIdleTimeout))
+            try context.pipeline.syncOperations.addHandler(IdleTunnelCloser())
             let channel = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: context.channel)
             promise.succeed(.tunnel(channel, authority: authority, authorization: authorization))
             if let leftover, leftover.readableBytes > 0 {
@@ -244,6 +254,71 @@ final class ProxyProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler
         context.writeAndFlush(NIOAny(ByteBuffer(string: response))).whenComplete { _ in
             channel.close(promise: nil)
         }
+    }
+}
+
+/// Closes a `CONNECT` tunnel on its idle event.
+final class IdleTunnelCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Closes an HTTP proxy connection whose first request head is not complete `first` after the connection was
+/// handed over, or whose next head is not complete `between` after its last response ended (a client trickling
+/// a head byte by byte keeps the idle timer quiet, not this one). Disarmed while a request is unanswered (a
+/// pipelined head counts until its own response ends).
+final class RequestHeadDeadline: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let first: TimeAmount
+    private let between: TimeAmount
+    private var timer: Scheduled<Void>?
+    private var unanswered = 0
+
+    init(first: TimeAmount, between: TimeAmount) {
+        self.first = first
+        self.between = between
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { arm(context: context, in: first) }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data) {
+            unanswered += 1
+            timer?.cancel()
+            timer = nil
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            unanswered = max(unanswered - 1, 0)
+            if unanswered == 0 { arm(context: context, in: between) }
+        }
+        context.write(data, promise: promise)
+    }
+
+    private func arm(context: ChannelHandlerContext, in delay: TimeAmount) {
+        timer?.cancel()
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: delay) { channel.close(promise: nil) }
     }
 }
 
@@ -279,19 +354,37 @@ struct ProxyTunnel {
         guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...])
         else { return }
         let host = ProxyProtocolSniffer.host(ofAuthority: authority)
-        let upstream: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        let addresses: [SocketAddress]
         do {
-            upstream = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.seconds(10))
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .connect(host: host, port: port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
-                }
+            addresses = try await context.configuration.destinations.resolve(host: host, port: port)
         } catch {
-            logger.debug("tunnel connect failed", metadata: ["df.error": "\(error)"])
-            await reply("502 Bad Gateway", "cannot connect to \(authority): \(error)")
+            context.metrics?.proxyRejected.increment()
+            logger.debug("tunnel destination refused", metadata: ["df.error": "\(error.message)"])
+            await reply(error.code == .permissionDenied ? "403 Forbidden" : "502 Bad Gateway", error.message)
+            return
+        }
+        // Connects to the checked addresses, never to the name again.
+        var connected: NIOAsyncChannel<ByteBuffer, ByteBuffer>?
+        var lastError: (any Error)?
+        for address in addresses.prefix(4) {
+            do {
+                connected = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connectTimeout(.seconds(10))
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .connect(to: address) { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        }
+                    }
+                break
+            } catch {
+                lastError = error
+            }
+        }
+        guard let upstream = connected else {
+            let reason = Redaction.message("\(lastError.map { "\($0)" } ?? "no address")")
+            logger.debug("tunnel connect failed", metadata: ["df.error": "\(reason)"])
+            await reply("502 Bad Gateway", "cannot connect to \(authority): \(reason)")
             return
         }
         context.metrics?.proxyTunnel.increment()
@@ -308,7 +401,7 @@ struct ProxyTunnel {
                 }
             }
         } catch {
-            logger.debug("tunnel ended", metadata: ["df.error": "\(error)"])
+            logger.debug("tunnel ended", metadata: ["df.error": "\(Redaction.message("\(error)"))"])
             try? await upstream.channel.close()
             try? await client.channel.close()
         }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Crypto
 package import DragonflyCore
 package import Logging
 import NIOCore
@@ -12,8 +13,10 @@ import Synchronization
 ///   byte with `Range: bytes=0-0` and reads the total from `Content-Range`.
 /// - `fetch` streams the body with AsyncHTTPClient's backpressure; a ranged request answered with 200 and the
 ///   whole body comes back with `isPartial == false`.
-/// - Redirects are followed (bounded) and the final URL is remembered per original URL (bounded LRU), so
-///   later requests (the piece range requests) go straight to it. A remembered URL that stops working
+/// - Redirects are followed (bounded) and the final URL is remembered per original URL and credentials
+///   (bounded LRU; the key holds a SHA-256 of the `Authorization` and `Cookie` values, never the values), so
+///   later requests with the same credentials (the piece range requests) go straight to it, and a request
+///   without them (or with others) asks the original URL, which decides. A remembered URL that stops working
 ///   (401/403/404/410 or unreachable, e.g. an expired pre-signed redirect) is forgotten and the original URL
 ///   asked again. Going straight to a final URL on another origin drops `Authorization`, `Cookie`,
 ///   `Proxy-Authorization` and `Origin`, as following the redirect would have.
@@ -94,9 +97,21 @@ package final class HTTPSourceClient: SourceClient {
         try await client.shutdown()
     }
 
-    /// The remembered final URL for `url`, if a request to it was redirected.
-    package func cachedFinalURL(for url: String) -> String? {
-        finalURLs.withLock { $0.value(forKey: url) }
+    /// The remembered final URL for `url` asked with request `headers` (only their credentials count), if such
+    /// a request was redirected.
+    package func cachedFinalURL(for url: String, headers: [HeaderField] = []) -> String? {
+        let key = Self.redirectKey(url: url, headers: headers)
+        return finalURLs.withLock { $0.value(forKey: key) }
+    }
+
+    /// The redirect cache key: `url`, and when the request carries credentials a SHA-256 over them.
+    static func redirectKey(url: String, headers: [HeaderField]) -> String {
+        let credentials = headers.filter { crossOriginDroppedHeaders.contains($0.name.lowercased()) }
+            .map { $0.name.lowercased() + ":" + $0.value }
+            .sorted()
+        guard !credentials.isEmpty else { return url }
+        let digest = SHA256.hash(data: Array(credentials.joined(separator: "\n").utf8))
+        return url + " credentials:" + TaskID.hex(digest)
     }
 
     // MARK: SourceClient
@@ -109,11 +124,11 @@ package final class HTTPSourceClient: SourceClient {
             if metadata.contentLength != nil { return metadata }
             logger.debug(
                 "HEAD gave no content length; probing with a ranged GET",
-                metadata: ["df.source.url": "\(request.url)"])
+                metadata: ["df.source.url": "\(Redaction.url(request.url))"])
         } else {
             logger.debug(
                 "HEAD refused; probing with a ranged GET",
-                metadata: ["df.source.url": "\(request.url)", "df.source.status": "\(status.code)"])
+                metadata: ["df.source.url": "\(Redaction.url(request.url))", "df.source.status": "\(status.code)"])
         }
         await discard(head.response)
         return try await statByFirstByte(request)
@@ -144,7 +159,7 @@ package final class HTTPSourceClient: SourceClient {
         logger.debug(
             "origin response",
             metadata: [
-                "df.source.url": "\(request.url)", "df.source.status": "\(response.status.code)",
+                "df.source.url": "\(Redaction.url(request.url))", "df.source.status": "\(response.status.code)",
                 "df.source.range": "\(range.map(String.init(describing:)) ?? "none")",
             ])
         let host = URLParts(sent.finalURL)?.host ?? sent.finalURL
@@ -246,40 +261,45 @@ package final class HTTPSourceClient: SourceClient {
         else {
             throw DragonflyError(code: .invalidArgument, message: "'\(original)' is not an http(s) URL")
         }
-        if let cached = cachedFinalURL(for: original) {
+        let key = Self.redirectKey(url: original, headers: request.headers)
+        if let cached = finalURLs.withLock({ $0.value(forKey: key) }) {
             let crossOrigin = URLParts(cached)?.origin != originalParts.origin
             do {
                 let response = try await send(
                     request, to: cached, method: method, range: range, crossOrigin: crossOrigin)
                 if !Self.staleRedirectStatuses.contains(response.status.code) {
                     let finalURL = response.history.last?.request.url ?? cached
-                    if finalURL != cached { remember(finalURL, for: original) }
+                    if finalURL != cached { remember(finalURL, for: original, key: key) }
                     return (response, finalURL)
                 }
                 logger.debug(
                     "remembered redirect target refused the request; asking the original URL",
-                    metadata: ["df.source.url": "\(original)", "df.source.status": "\(response.status.code)"])
+                    metadata: [
+                        "df.source.url": "\(Redaction.url(original))", "df.source.status": "\(response.status.code)",
+                    ])
                 await discard(response)
             } catch let error as DragonflyError where error.code == .unavailable {
                 logger.debug(
                     "remembered redirect target unreachable; asking the original URL",
-                    metadata: ["df.source.url": "\(original)", "df.error": "\(error)"])
+                    metadata: ["df.source.url": "\(Redaction.url(original))", "df.error": "\(error)"])
             }
-            finalURLs.withLock { $0.removeValue(forKey: original) }
+            finalURLs.withLock { $0.removeValue(forKey: key) }
         }
         let response = try await send(request, to: original, method: method, range: range, crossOrigin: false)
         let finalURL = response.history.last?.request.url ?? original
         if finalURL != original {
-            remember(finalURL, for: original)
+            remember(finalURL, for: original, key: key)
         }
         return (response, finalURL)
     }
 
-    private func remember(_ finalURL: String, for original: String) {
+    private func remember(_ finalURL: String, for original: String, key: String) {
         logger.debug(
             "remembering redirect target",
-            metadata: ["df.source.url": "\(original)", "df.source.final_url": "\(finalURL)"])
-        finalURLs.withLock { $0.setValue(finalURL, forKey: original) }
+            metadata: [
+                "df.source.url": "\(Redaction.url(original))", "df.source.final_url": "\(Redaction.url(finalURL))",
+            ])
+        finalURLs.withLock { $0.setValue(finalURL, forKey: key) }
     }
 
     private func send(
