@@ -48,11 +48,14 @@ package final class ManagerMembership: Service, Sendable {
     /// - Parameters:
     ///   - target: The manager's gRPC address `host:port`.
     ///   - sourceType: `.scheduler` or `.seedPeer`.
+    ///   - clusterSecret: Sent with every call (`x-dragonfly-cluster-secret`); the manager refuses
+    ///     registrations and keep-alives without it when it has one.
     /// - Throws: `DragonflyError` `.invalidArgument` for a malformed target.
     package init(
         target: String,
         sourceType: Dragonfly_V1_SourceType,
         keepAliveInterval: Duration,
+        clusterSecret: ClusterSecret? = nil,
         logger: Logger,
         register: @escaping Register
     ) throws(DragonflyError) {
@@ -60,7 +63,7 @@ package final class ManagerMembership: Service, Sendable {
         // No default deadline: the keep-alive stream lives as long as the registration.
         client = try makeRPCClient(
             target: target, options: RPCClientOptions(defaultTimeout: nil, maxReconnectBackoff: .seconds(5)),
-            logger: logger)
+            interceptors: clusterSecret.map { [ClusterSecretClientInterceptor(secret: $0)] } ?? [], logger: logger)
         self.sourceType = sourceType
         self.keepAliveInterval = max(.milliseconds(100), keepAliveInterval)
         self.register = register

@@ -36,7 +36,7 @@ struct ManagerAPITests {
             #expect(Self.isRFC3339(created.json["created_at"].string))
             let args = created.json["args"]
             #expect(args["scope"].string == "single_seed_peer", "single_peer is single_seed_peer")
-            #expect(args["headers"]["Authorization"].string == "<redacted>")
+            #expect(args["headers"]["Authorization"].string == "REDACTED")
 
             // Nothing runs it here (no scheduler): it must end FAILURE at its 1 s timeout, with complete entries.
             var ended = ManagerAPIAnswer(status: 0, text: "")

@@ -1,9 +1,11 @@
 import AsyncHTTPClient
 import DragonflyCore
 import DragonflyTelemetry
+import DragonflyTestSupport
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Prometheus
 import ServiceLifecycle
 import Testing
@@ -97,6 +99,36 @@ func httpGet(_ url: String) async throws -> (status: Int, body: String, contentT
                 (error as? DragonflyError)?.message.contains(address) == true
             }
             await #expect(throws: DragonflyError.self) { _ = try await second.listener.value() }
+        }
+    }
+
+    /// Finding 11 of "Security, part 1": idle connections beyond a listener's cap once exhausted a daemon's file
+    /// descriptors. Now the listener serves at most its cap and closes connections that send no request.
+    @Test func idleConnectionsBeyondTheCapAreClosedAndHealthStillAnswers() async throws {
+        let cap = 8
+        let service = HTTPListenerService.endpoints(
+            name: "health",
+            address: ListenAddress(host: "127.0.0.1", port: 0),
+            telemetry: nil,
+            limits: HTTPListenerLimits(maxConnections: cap, idleTimeout: .milliseconds(500)),
+            logger: Logger(label: "test")
+        )
+        try await withRunningListener(service) { address in
+            let bound = try #require(ListenAddress(parsing: address))
+            var channels: [any Channel] = []
+            defer { for channel in channels { channel.close(promise: nil) } }
+            for _ in 0..<(cap + 50) {
+                channels.append(
+                    try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                        .connect(host: bound.host, port: bound.port).get())
+            }
+            // A half-sent request head counts as idle too.
+            try await channels[0].writeAndFlush(ByteBuffer(string: "GET /healthy HTTP/1.1\r\nHost: x\r\n")).get()
+            let all = channels
+            try await poll(every: .milliseconds(50), timeLimit: .seconds(60), description: "idle connections closed") {
+                all.allSatisfy { !$0.isActive }
+            }
+            #expect(try await httpGet("http://\(address)/healthy").status == 200)
         }
     }
 

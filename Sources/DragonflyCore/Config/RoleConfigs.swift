@@ -7,6 +7,32 @@ package struct LogConfig: Codable, Sendable, Equatable {
 
 // MARK: - Daemon and cdn
 
+/// Cluster trust settings shared by every role (DESIGN §11; the stopgap of "Security, part 1" until mTLS).
+package struct SecurityConfig: Codable, Sendable, Equatable {
+    /// The cluster secret: the manager and schedulers demand it from callers that change another host's state
+    /// (registrations, keep-alives, the command channel, seed announcements), and seed peers send it. Sent as
+    /// gRPC metadata `x-dragonfly-cluster-secret`; never logged. Empty with an empty `clusterSecretFile` runs
+    /// as a lab cluster without one.
+    package var clusterSecret: String = ""
+    /// A file holding the cluster secret (first line), refused when group or others may read it.
+    package var clusterSecretFile: String = ""
+    /// Daemon and cdn: absolute directories under which a `file://` download asked over the network (a
+    /// scheduler's seed trigger, preheat or push job) may read; empty (the default) refuses every such
+    /// download. A local `dragonfly get file://…` reads as its caller and never asks the daemon.
+    package var allowedFileDirectories: [String] = []
+    package init() {}
+
+    /// The secret from `clusterSecret` or `clusterSecretFile`; nil when neither is set.
+    ///
+    /// - Throws: `configuration` naming `security.clusterSecretFile` when the file cannot be read, is readable
+    ///   by group or others, or is empty.
+    package func resolvedClusterSecret() throws(DragonflyError) -> String? {
+        if !clusterSecret.isEmpty { return clusterSecret }
+        guard !clusterSecretFile.isEmpty else { return nil }
+        return try SecretFile.read(clusterSecretFile, key: "security.clusterSecretFile")
+    }
+}
+
 /// Configuration of `dragonfly daemon` and `dragonfly cdn` (the same keys; the cdn is the daemon in seed mode).
 package struct DaemonConfig: RoleConfiguration {
     /// Identity this host announces.
@@ -461,6 +487,11 @@ package struct ManagerConfig: RoleConfiguration {
         package var interval: ConfigDuration = .seconds(5)
         /// A member with no keep-alive for this long is inactive.
         package var timeout: ConfigDuration = .seconds(15)
+        /// Schedulers, and seed peers, the manager keeps (each); a new one replaces the inactive one seen
+        /// longest ago, and is refused when all are active.
+        package var maxMembers: Int = 10_000
+        /// An inactive member is forgotten after this long without a keep-alive.
+        package var forgetAfter: ConfigDuration = .hours(168)
         package init() {}
     }
 
@@ -480,9 +511,25 @@ package struct ManagerConfig: RoleConfiguration {
         package var sessionLifetime: ConfigDuration = .hours(24)
         /// How often PENDING and RUNNING jobs are checked against their timeout.
         package var jobTimeoutCheck: ConfigDuration = .seconds(5)
+        /// Connections the HTTP listener serves at once; more wait in the kernel's backlog.
+        package var maxConnections: Int = 1024
+        /// A connection without a complete request head for this long (after opening or its last answer) is
+        /// closed.
+        package var idleTimeout: ConfigDuration = .seconds(30)
+        /// Failed sign-ins per user name and per client address within `signInWindow` before further attempts
+        /// get 429 with an exponentially growing `Retry-After`.
+        package var signInFailures: Int = 5
+        /// The window in which failed sign-ins are counted; also the longest lock-out.
+        package var signInWindow: ConfigDuration = .minutes(15)
+        /// File holding the key that encrypts the session signing key in the database (refused when group or
+        /// others may read it); empty: `DRAGONFLY_MANAGER_ENCRYPTION_KEY`, else (SQLite only) `session.key`
+        /// created in the data directory. PostgreSQL replicas need the same key.
+        package var sessionKeyEncryptionFile: String = ""
         package init() {}
     }
     package var api = APIConfig()
+    /// Cluster trust: the secret every scheduler and seed peer must present.
+    package var security = SecurityConfig()
 
     package init() {}
 
@@ -490,11 +537,18 @@ package struct ManagerConfig: RoleConfiguration {
         let v = ConfigValidator()
         try v.require(api.sessionLifetime.milliseconds >= 60_000, "api.sessionLifetime", "must be at least 1m")
         try v.require(api.jobTimeoutCheck.milliseconds >= 100, "api.jobTimeoutCheck", "must be at least 100ms")
+        try v.require((1...1_000_000).contains(api.maxConnections), "api.maxConnections", "must be 1-1000000")
+        try v.require(api.idleTimeout.milliseconds >= 100, "api.idleTimeout", "must be at least 100ms")
+        try v.require((1...1000).contains(api.signInFailures), "api.signInFailures", "must be 1-1000")
+        try v.require(api.signInWindow.milliseconds >= 1000, "api.signInWindow", "must be at least 1s")
         try v.require(
             database.isEmpty || database.hasPrefix("postgres://") || database.hasPrefix("postgresql://")
                 || database.hasPrefix("sqlite://"), "database",
             "'\(database)' must be empty (SQLite), sqlite://PATH or postgres://…")
         try v.require(keepAlive.interval.milliseconds > 0, "keepAlive.interval", "must be positive")
+        try v.require((1...1_000_000).contains(keepAlive.maxMembers), "keepAlive.maxMembers", "must be 1-1000000")
+        try v.require(
+            keepAlive.forgetAfter > keepAlive.timeout, "keepAlive.forgetAfter", "must be longer than keepAlive.timeout")
         try v.require(
             keepAlive.timeout > keepAlive.interval, "keepAlive.timeout", "must be longer than keepAlive.interval")
     }

@@ -13,11 +13,17 @@ import Foundation
 struct APIError: Error, Sendable {
     var status: HTTPResponse.Status
     var message: String
+    /// Whole seconds for a `Retry-After` header, when the caller should wait.
+    var retryAfterSeconds: Int? = nil
 
     static func badRequest(_ message: String) -> APIError { APIError(status: .badRequest, message: message) }
     static func unauthorized(_ message: String) -> APIError { APIError(status: .unauthorized, message: message) }
     static func forbidden(_ message: String) -> APIError { APIError(status: .forbidden, message: message) }
     static func notFound(_ message: String) -> APIError { APIError(status: .notFound, message: message) }
+    static func tooManyRequests(_ message: String, retryAfter: Duration) -> APIError {
+        let seconds = retryAfter.components.seconds + (retryAfter.components.attoseconds > 0 ? 1 : 0)
+        return APIError(status: .tooManyRequests, message: message, retryAfterSeconds: Int(max(1, seconds)))
+    }
 
     /// The status and message for any error a handler threw: store errors keep their meaning (unknown ID 404,
     /// duplicate name 409, invalid value 400), anything unexpected is a 500 whose cause is logged, not sent.
@@ -49,7 +55,9 @@ struct APIError: Error, Sendable {
 
     var response: Response {
         struct Body: Encodable { var message: String }
-        return APIJSON.response(Body(message: message), status: status)
+        var response = APIJSON.response(Body(message: message), status: status)
+        if let retryAfterSeconds { response.headers[.retryAfter] = String(retryAfterSeconds) }
+        return response
     }
 }
 

@@ -268,7 +268,7 @@ enum JobResults {
         var results: [JSONValue] = []
         for cluster in job.clusters {
             var entry: [String: JSONValue] = [:]
-            if case .object(let fields)? = cluster.result { entry = fields }
+            if case .object(let fields)? = cluster.result { entry = redactedResult(fields) }
             entry["scheduler_cluster_id"] = .number(Double(cluster.schedulerClusterID))
             entry["state"] = .string(cluster.state.rawValue)
             for key in ["success_tasks", "failure_tasks"] {
@@ -288,27 +288,52 @@ enum JobResults {
         ]
         if case .object(let stored)? = job.result {
             if case .string(let error)? = stored["error"] {
-                jobState["error"] = .string(error)
-                top["error"] = .string(error)
+                jobState["error"] = .string(Redaction.message(error))
+                top["error"] = .string(Redaction.message(error))
             }
         }
         top["job_states"] = .array([.object(jobState)])
         return .object(top)
     }
 
-    /// Arguments as shown to readers: credentials replaced by `<redacted>`.
+    /// Arguments as shown to readers, through ``Redaction``: URLs without query values or userinfo, header values
+    /// kept only for headers on the allowlist, `password` and `token` replaced.
     static func redacted(_ args: JSONValue) -> JSONValue {
         guard case .object(var fields) = args else { return args }
         for key in ["password", "token"] where fields[key] != nil {
-            fields[key] = .string("<redacted>")
+            fields[key] = .string(Redaction.placeholder)
+        }
+        if case .string(let url)? = fields["url"] { fields["url"] = .string(Redaction.url(url)) }
+        if case .array(let urls)? = fields["urls"] {
+            fields["urls"] = .array(
+                urls.map { if case .string(let url) = $0 { .string(Redaction.url(url)) } else { $0 } })
         }
         if case .object(var headers)? = fields["headers"] {
-            for name in headers.keys
-            where ["authorization", "proxy-authorization", "cookie"].contains(name.lowercased()) {
-                headers[name] = .string("<redacted>")
+            for (name, value) in headers {
+                let text: String = if case .string(let text) = value { text } else { "" }
+                headers[name] = .string(Redaction.headerValue(name: name, value: text))
             }
             fields["headers"] = .object(headers)
         }
         return .object(fields)
+    }
+
+    /// A cluster's result as shown to readers: each task's URL and description through ``Redaction``.
+    static func redactedResult(_ fields: [String: JSONValue]) -> [String: JSONValue] {
+        var fields = fields
+        for key in ["success_tasks", "failure_tasks"] {
+            guard case .array(let tasks)? = fields[key] else { continue }
+            fields[key] = .array(
+                tasks.map { task in
+                    guard case .object(var entry) = task else { return task }
+                    if case .string(let url)? = entry["url"] { entry["url"] = .string(Redaction.url(url)) }
+                    if case .string(let text)? = entry["description"] {
+                        entry["description"] = .string(Redaction.message(text))
+                    }
+                    return .object(entry)
+                })
+        }
+        if case .string(let text)? = fields["description"] { fields["description"] = .string(Redaction.message(text)) }
+        return fields
     }
 }

@@ -1,6 +1,7 @@
 import Crypto
 import DragonflyCore
 import JWTKit
+import NIOPosix
 import _CryptoExtras
 
 #if canImport(FoundationEssentials)
@@ -36,6 +37,22 @@ enum PasswordHash {
     /// Spends the time of one verification, so that an unknown user name is not told apart by the clock.
     static func burnOneVerification(_ password: String) {
         _ = try? derive(password, salt: [UInt8](repeating: 0, count: 16), rounds: rounds)
+    }
+
+    /// ``make(_:)`` on `NIOThreadPool.singleton`: PBKDF2 takes tens of milliseconds of CPU, which must not hold a
+    /// thread of the cooperative pool.
+    static func makeOffThread(_ password: String) async throws -> String {
+        try await NIOThreadPool.singleton.runIfActive { try make(password) }
+    }
+
+    /// ``verify(_:against:)`` on `NIOThreadPool.singleton`; `false` when the pool is not running.
+    static func verifyOffThread(_ password: String, against stored: String) async -> Bool {
+        (try? await NIOThreadPool.singleton.runIfActive { verify(password, against: stored) }) ?? false
+    }
+
+    /// ``burnOneVerification(_:)`` on `NIOThreadPool.singleton`.
+    static func burnOneVerificationOffThread(_ password: String) async {
+        _ = try? await NIOThreadPool.singleton.runIfActive { burnOneVerification(password) }
     }
 
     private static func derive(_ password: String, salt: [UInt8], rounds: Int) throws -> [UInt8] {
@@ -82,9 +99,22 @@ final class SessionKeys: Sendable {
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
     }
 
-    /// The key stored in the database, created if there is none yet.
-    static func load(from store: ManagerStore) async throws -> SessionKeys {
-        let secret = try await store.getOrCreateSetting(key: settingKey) { TaskID.hex(randomBytes(32)) }
+    /// The key stored in the database, created if there is none yet. With `sealing`, the key is kept sealed
+    /// (``SessionKeySealing/sealedSettingKey``) and a clear key left by an older manager is sealed and removed;
+    /// without, it is kept in clear under ``settingKey``.
+    static func load(from store: ManagerStore, sealing: SessionKeySealing?) async throws -> SessionKeys {
+        guard let sealing else {
+            let secret = try await store.getOrCreateSetting(key: settingKey) { TaskID.hex(randomBytes(32)) }
+            return await SessionKeys(secret: secret)
+        }
+        if let sealed = try await store.setting(key: SessionKeySealing.sealedSettingKey) {
+            return await SessionKeys(secret: try sealing.open(sealed))
+        }
+        let legacy = try await store.setting(key: settingKey)
+        let candidate = try sealing.seal(legacy ?? TaskID.hex(randomBytes(32)))
+        let stored = try await store.getOrCreateSetting(key: SessionKeySealing.sealedSettingKey) { candidate }
+        let secret = try sealing.open(stored)
+        if legacy != nil { try await store.deleteSetting(key: settingKey) }
         return await SessionKeys(secret: secret)
     }
 

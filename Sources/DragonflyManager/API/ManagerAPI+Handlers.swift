@@ -1,4 +1,5 @@
 import DragonflyCore
+import DragonflyTelemetry
 import Glibc
 import Hummingbird
 
@@ -21,16 +22,27 @@ extension ManagerAPI {
         var expire: Date
     }
 
-    func signIn(_ request: Request) async throws -> Response {
+    /// Signs a user in. Failures are throttled per user name and per client address (``SignInThrottle``):
+    /// a throttled attempt gets 429 with `Retry-After` and its password is not checked. PBKDF2 runs on
+    /// `NIOThreadPool`, off the cooperative pool.
+    func signIn(_ request: Request, context: ListenerRequestContext) async throws -> Response {
         let body = try await APIJSON.decodeBody(SignIn.self, from: request)
+        let keys = SignInThrottle.keys(user: body.name, address: context.remoteAddress?.ipAddress ?? "unknown")
+        if let wait = signIns.wait(keys) {
+            throw APIError.tooManyRequests(
+                "too many failed sign-ins for this user or address; retry later", retryAfter: wait)
+        }
         let store = try await store()
         guard let user = try await store.user(named: body.name) else {
-            PasswordHash.burnOneVerification(body.password)
+            await PasswordHash.burnOneVerificationOffThread(body.password)
+            signIns.recordFailure(keys)
             throw APIError.unauthorized("wrong user name or password")
         }
-        guard PasswordHash.verify(body.password, against: user.passwordHash) else {
+        guard await PasswordHash.verifyOffThread(body.password, against: user.passwordHash) else {
+            signIns.recordFailure(keys)
             throw APIError.unauthorized("wrong user name or password")
         }
+        signIns.recordSuccess(keys[0])
         guard user.state == .enabled else { throw APIError.unauthorized("user \(user.name) is disabled") }
         let (token, expire) = try await sessionKeys().sign(userID: user.id, name: user.name, lifetime: sessionLifetime)
         return APIJSON.response(SessionToken(token: token, expire: expire))
@@ -53,7 +65,9 @@ extension ManagerAPI {
         try Self.checkPassword(password)
         let role = try Self.role(body.role ?? "guest")
         let user = try await store().createUser(
-            NewUser(name: name, passwordHash: try PasswordHash.make(password), email: body.email, role: role))
+            NewUser(
+                name: name, passwordHash: try await PasswordHash.makeOffThread(password), email: body.email, role: role)
+        )
         try await audit(caller, "user.create", "user/\(user.id)", "name=\(name) role=\(role.rawValue)")
         return APIJSON.response(UserView(user), status: .created)
     }
@@ -64,7 +78,7 @@ extension ManagerAPI {
         if let name = body.name { try Self.checkName(name, field: "name") }
         if let password = body.password { try Self.checkPassword(password) }
         var update = UserUpdate(name: body.name, email: body.email, role: try body.role.map(Self.role))
-        if let password = body.password { update.passwordHash = try PasswordHash.make(password) }
+        if let password = body.password { update.passwordHash = try await PasswordHash.makeOffThread(password) }
         if let state = body.state {
             guard let value = UserState(rawValue: state) else {
                 throw APIError.badRequest("state must be \"enabled\" or \"disabled\", not \"\(state)\"")

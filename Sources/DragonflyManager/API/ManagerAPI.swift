@@ -1,4 +1,5 @@
 import DragonflyCore
+package import DragonflyTelemetry
 import Glibc
 package import Hummingbird
 package import Logging
@@ -19,10 +20,19 @@ package final class ManagerAPI: Sendable {
     let sessionLifetime: Duration
     private let logger: Logger
     private let keys = Mutex<SessionKeys?>(nil)
+    private let sealing: SessionKeySealing?
+    let signIns: SignInThrottle
 
-    package init(store: StoreService, sessionLifetime: Duration, logger: Logger) {
+    /// - Parameters:
+    ///   - config: `api.signInFailures` and `api.signInWindow` set the sign-in throttle;
+    ///     `api.sessionLifetime` the sessions' lifetime.
+    ///   - sealing: Seals the session signing key in the database; `nil` keeps it in clear (PostgreSQL without
+    ///     a configured key).
+    init(store: StoreService, config: ManagerConfig, sealing: SessionKeySealing?, logger: Logger) {
         self.storeService = store
-        self.sessionLifetime = sessionLifetime
+        self.sessionLifetime = config.api.sessionLifetime.duration
+        self.sealing = sealing
+        self.signIns = SignInThrottle(allowed: config.api.signInFailures, window: config.api.signInWindow.duration)
         self.logger = logger
     }
 
@@ -36,7 +46,7 @@ package final class ManagerAPI: Sendable {
 
     func sessionKeys() async throws -> SessionKeys {
         if let keys = keys.withLock({ $0 }) { return keys }
-        let loaded = try await SessionKeys.load(from: try await store())
+        let loaded = try await SessionKeys.load(from: try await store(), sealing: sealing)
         keys.withLock { $0 = $0 ?? loaded }
         return loaded
     }
@@ -49,7 +59,7 @@ package final class ManagerAPI: Sendable {
         guard try await store.users(limit: 1).isEmpty else { return }
         let given = environment["DRAGONFLY_INITIAL_ROOT_PASSWORD"] ?? ""
         let password = given.isEmpty ? AccessToken.make().dropFirst(AccessToken.prefix.count).prefix(24) : given[...]
-        let hash = try PasswordHash.make(String(password))
+        let hash = try await PasswordHash.makeOffThread(String(password))
         do {
             _ = try await store.createUser(NewUser(name: "root", passwordHash: hash, role: .root))
         } catch {
@@ -66,9 +76,9 @@ package final class ManagerAPI: Sendable {
     }
 
     /// Adds the `/api/v1` and `/oapi/v1` routes to `router`.
-    package func addRoutes(to router: Router<BasicRequestContext>) {
+    package func addRoutes(to router: Router<ListenerRequestContext>) {
         let api = router.group("api/v1").add(middleware: APIErrorMiddleware(logger: logger))
-        api.post("users/signin") { request, _ in try await self.signIn(request) }
+        api.post("users/signin") { request, context in try await self.signIn(request, context: context) }
         api.get("users") { request, _ in
             try await self.session(request)
             let page = try Page(request)
@@ -119,15 +129,21 @@ package final class ManagerAPI: Sendable {
 
         api.get("schedulers") { request, _ in
             try await self.session(request)
-            return APIJSON.response(try await self.store().members(.scheduler).map(MemberView.init))
+            let page = try Page(request)
+            let members = try await self.store().members(.scheduler, limit: page.limit, offset: page.offset)
+            return APIJSON.response(members.map(MemberView.init))
         }
         api.get("seed-peers") { request, _ in
             try await self.session(request)
-            return APIJSON.response(try await self.store().members(.seedPeer).map(MemberView.init))
+            let page = try Page(request)
+            let members = try await self.store().members(.seedPeer, limit: page.limit, offset: page.offset)
+            return APIJSON.response(members.map(MemberView.init))
         }
         api.get("hosts") { request, _ in
             try await self.session(request)
-            return APIJSON.response(try await self.store().hosts().map(HostView.init))
+            let page = try Page(request)
+            return APIJSON.response(
+                try await self.store().hosts(limit: page.limit, offset: page.offset).map(HostView.init))
         }
 
         api.get("jobs") { request, _ in
@@ -244,7 +260,7 @@ package final class ManagerAPI: Sendable {
         return token.isEmpty || token.contains(" ") ? nil : String(token)
     }
 
-    static func id(_ context: BasicRequestContext) throws -> Int {
+    static func id(_ context: ListenerRequestContext) throws -> Int {
         let text = context.parameters.get("id") ?? ""
         guard let id = Int(text), id > 0 else { throw APIError.badRequest("\"\(text)\" is not an ID") }
         return id

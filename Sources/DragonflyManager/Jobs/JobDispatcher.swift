@@ -246,6 +246,9 @@ package final class JobDispatcher: Sendable {
         }
     }
 
+    /// Successful, and failed, task entries kept of one report.
+    static let maxReportedTasks = 10_000
+
     /// Stores a cluster's result; once every cluster of the job finished, the job is SUCCESS when all of them
     /// succeeded, else FAILURE with their reasons.
     private func record(
@@ -275,8 +278,9 @@ package final class JobDispatcher: Sendable {
             default: .running
             }
         func entries(_ tasks: [Dragonfly_V1_JobTaskResult], failed: Bool) -> JSONValue {
+            // A scheduler reports per host; a bounded list keeps one report from filling the database.
             .array(
-                tasks.map { task in
+                tasks.prefix(Self.maxReportedTasks).map { task in
                     var entry: [String: JSONValue] = [
                         "url": .string(task.url), "hostname": .string(task.hostname), "ip": .string(task.ip),
                     ]

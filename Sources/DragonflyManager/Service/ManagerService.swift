@@ -26,6 +26,12 @@ package final class ManagerService: Dragonfly_V1_Manager.SimpleServiceProtocol, 
     package static let maxKeepAliveStreams = 10_000
     /// Schedulers one `ListSchedulers` answer carries at most.
     package static let maxListedSchedulers = 256
+    /// The methods that need the cluster secret: all but `ListSchedulers`, which daemons use to find their
+    /// schedulers and which changes nothing.
+    package static let protectedMethods: Set<String> = Set(
+        Dragonfly_V1_Manager.Method.descriptors
+            .filter { $0 != Dragonfly_V1_Manager.Method.ListSchedulers.descriptor }
+            .map(\.fullyQualifiedMethod))
     /// Least time between two keep-alive writes of one stream.
     static let keepAliveWriteInterval: Duration = .seconds(1)
 
@@ -34,17 +40,21 @@ package final class ManagerService: Dragonfly_V1_Manager.SimpleServiceProtocol, 
     private let logger: Logger
     private let searcher = SchedulerSearcher()
     private let openStreams = Atomic<Int>(0)
+    private let memberLimit: Int
 
     /// - Parameters:
     ///   - store: The store once migrated (``StoreService/ready()``).
     ///   - dispatcher: Serves the schedulers' command channels; without one they are refused.
+    ///   - memberLimit: Schedulers, and seed peers, kept at most (`keepAlive.maxMembers`).
     package init(
         store: @escaping @Sendable () async throws -> ManagerStore,
         dispatcher: JobDispatcher? = nil,
+        memberLimit: Int = ManagerStore.defaultMemberLimit,
         logger: Logger
     ) {
         self.store = store
         self.dispatcher = dispatcher
+        self.memberLimit = memberLimit
         self.logger = logger
     }
 
@@ -59,7 +69,7 @@ package final class ManagerService: Dragonfly_V1_Manager.SimpleServiceProtocol, 
             clusterID: request.hasSchedulerClusterID ? request.schedulerClusterID : nil,
             clusterField: "scheduler_cluster_id")
         let store = try await self.store()
-        let record = try await store.registerMember(.scheduler, registration)
+        let record = try await store.registerMember(.scheduler, registration, limit: memberLimit)
         logger.debug(
             "scheduler registered",
             metadata: [
@@ -87,7 +97,7 @@ package final class ManagerService: Dragonfly_V1_Manager.SimpleServiceProtocol, 
         }
         registration.seedPeerType = request.type == .super ? "super" : "normal"
         registration.downloadPort = Int(request.pieceDataPort)
-        let record = try await store().registerMember(.seedPeer, registration)
+        let record = try await store().registerMember(.seedPeer, registration, limit: memberLimit)
         logger.debug(
             "seed peer registered",
             metadata: [

@@ -17,6 +17,7 @@ package import Foundation
 package struct MemberExpiryService: Service {
     private let store: @Sendable () async throws -> ManagerStore
     private let timeout: Duration
+    private let forgetAfter: Duration
     private let logger: Logger
 
     package init(
@@ -26,6 +27,7 @@ package struct MemberExpiryService: Service {
     ) {
         self.store = store
         self.timeout = config.timeout.duration
+        self.forgetAfter = config.forgetAfter.duration
         self.logger = logger
     }
 
@@ -58,10 +60,17 @@ package struct MemberExpiryService: Service {
     }
 
     /// Marks inactive the members whose last keep-alive at `now` is older than the timeout minus the sweep
-    /// interval.
+    /// interval, and forgets the inactive ones silent for longer than `keepAlive.forgetAfter`.
     package func sweep(_ store: ManagerStore, now: Date) async throws(DragonflyError) {
         let cutoff = now.addingTimeInterval(-(timeout - Self.sweepInterval(for: timeout)).timeInterval)
+        let forgetCutoff = now.addingTimeInterval(-forgetAfter.timeInterval)
         for kind in ClusterKind.allCases {
+            let forgotten = try await store.deleteInactiveMembers(kind, lastKeepAliveBefore: forgetCutoff)
+            if forgotten > 0 {
+                logger.debug(
+                    "inactive members forgotten",
+                    metadata: ["df.member.kind": "\(kind.memberName)", "df.member.count": "\(forgotten)"])
+            }
             let expired = try await store.markInactiveMembers(kind, lastKeepAliveBefore: cutoff, now: now)
             if !expired.isEmpty {
                 logger.debug(

@@ -1,4 +1,5 @@
 package import DragonflyCore
+import Glibc
 package import Logging
 import NIOCore
 import NIOPosix
@@ -141,6 +142,16 @@ package final class ManagerDatabase: Sendable {
     ) async throws(DragonflyError) -> ManagerDatabase {
         let threadPool = NIOThreadPool(numberOfThreads: 1)
         threadPool.start()
+        do {
+            try await threadPool.runIfActive { try restrictSQLiteFiles(path) }
+        } catch {
+            try? await threadPool.shutdownGracefully()
+            throw DragonflyError(
+                code: .failedPrecondition,
+                message: "cannot create the manager database \(path) with mode 0600; check the data directory",
+                cause: error
+            )
+        }
         let connection: SQLiteConnection
         do {
             connection = try await SQLiteConnection.open(
@@ -166,6 +177,8 @@ package final class ManagerDatabase: Sendable {
             _ = try await database.raw("PRAGMA journal_mode = WAL").all()
             try await database.raw("PRAGMA synchronous = NORMAL").run()
             try await database.raw("PRAGMA foreign_keys = ON").run()
+            // Deleted rows (a session key moved out of clear, for one) are overwritten, not left in free pages.
+            _ = try await database.raw("PRAGMA secure_delete = ON").all()
         } catch {
             try? await connection.close()
             try? await threadPool.shutdownGracefully()
@@ -310,6 +323,28 @@ package final class ManagerDatabase: Sendable {
             message: "manager database (\(backend)) failed to \(operation); check that it is reachable",
             cause: error
         )
+    }
+}
+
+/// Creates the SQLite file `path` readable by its owner only (0600) and narrows an existing one and its
+/// `-wal`, `-shm` and `-journal` files to 0600 (SQLite gives the files it creates the database file's mode).
+/// Never follows a symbolic link. Blocking: run on a thread pool.
+func restrictSQLiteFiles(_ path: String) throws {
+    let created = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    guard created >= 0 else {
+        throw DragonflyError(code: .failedPrecondition, message: "cannot open \(path): errno \(errno)")
+    }
+    close(created)
+    for file in [path, path + "-wal", path + "-shm", path + "-journal"] {
+        let descriptor = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard descriptor >= 0 else {
+            if errno == ENOENT { continue }
+            throw DragonflyError(code: .failedPrecondition, message: "cannot open \(file): errno \(errno)")
+        }
+        defer { close(descriptor) }
+        guard fchmod(descriptor, 0o600) == 0 else {
+            throw DragonflyError(code: .failedPrecondition, message: "cannot chmod 600 \(file): errno \(errno)")
+        }
     }
 }
 

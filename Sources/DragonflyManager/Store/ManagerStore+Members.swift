@@ -14,9 +14,12 @@ extension ManagerStore {
     /// updates the row with the same (hostname, IP, cluster), marks it active and stamps its keep-alive.
     ///
     /// A registration without a cluster joins the kind's default cluster; an unknown cluster ID is `notFound`.
+    /// The table holds at most `limit` members of `kind`: a new member replaces the inactive one seen longest
+    /// ago, and is refused (`resourceExhausted`) when all of them are active.
     package func registerMember(
         _ kind: ClusterKind,
         _ registration: MemberRegistration,
+        limit: Int = ManagerStore.defaultMemberLimit,
         now: Date = Date()
     ) async throws(DragonflyError) -> MemberRecord {
         let now = StoredDate.forBinding(now)
@@ -32,6 +35,12 @@ extension ManagerStore {
                     registration.clusterID == nil ? "default \(kind)" : kind.description,
                     id: registration.clusterID.map(String.init) ?? ""
                 )
+            }
+            let known = try await database.select().column("id").from(kind.memberTable)
+                .where("hostname", .equal, registration.hostname).where("ip", .equal, registration.ip)
+                .where(kind.clusterColumn, .equal, clusterID).first()
+            if known == nil {
+                try await Self.makeRoom(for: kind, limit: limit, in: database)
             }
             var columns = [
                 "hostname", "ip", "port", "idc", "location", "state", "last_keep_alive_at", kind.clusterColumn,
@@ -58,6 +67,46 @@ extension ManagerStore {
         }
         guard let row else { throw DragonflyError(code: .internalError, message: "member upsert returned no row") }
         return try decode(kind.memberTable, row) { try Self.memberRecord($0, kind: kind) }
+    }
+
+    /// Members of one kind kept by default (``registerMember(_:_:limit:now:)``).
+    package static let defaultMemberLimit = 10_000
+
+    /// Deletes inactive members of `kind`, longest unseen first, until a new one fits under `limit`; throws
+    /// `resourceExhausted` when the active ones alone fill it.
+    private static func makeRoom(for kind: ClusterKind, limit: Int, in database: any SQLDatabase) async throws {
+        let count =
+            try await database.select().column(SQLFunction("COUNT", args: SQLLiteral.all), as: "n")
+            .from(kind.memberTable).first(decodingColumn: "n", as: Int.self) ?? 0
+        guard count >= limit else { return }
+        let surplus = count - limit + 1
+        let victims = try await database.select().column("id").from(kind.memberTable)
+            .where("state", .equal, MemberState.inactive.rawValue)
+            .orderBy("last_keep_alive_at").orderBy("id").limit(surplus)
+            .all(decodingColumn: "id", as: Int.self)
+        guard victims.count == surplus else {
+            throw DragonflyError(
+                code: .resourceExhausted,
+                message: "the manager already holds \(limit) active \(kind.memberName)s; retry when one has left")
+        }
+        try await database.delete(from: kind.memberTable).where("id", .in, victims).run()
+    }
+
+    /// Deletes the inactive members of `kind` whose last keep-alive is before `cutoff`; returns how many.
+    @discardableResult
+    package func deleteInactiveMembers(
+        _ kind: ClusterKind,
+        lastKeepAliveBefore cutoff: Date
+    ) async throws(DragonflyError) -> Int {
+        let cutoff = StoredDate.forBinding(cutoff)
+        let ids = try await database.withDatabase("forget \(kind.memberName)s") { database in
+            try await database.delete(from: kind.memberTable)
+                .where("state", .equal, MemberState.inactive.rawValue)
+                .where("last_keep_alive_at", .lessThan, cutoff)
+                .returning("id")
+                .all(decodingColumn: "id", as: Int.self)
+        }
+        return ids.count
     }
 
     /// Records a keep-alive: the member becomes active with `now` as its last keep-alive; `notFound` for an
@@ -141,13 +190,15 @@ extension ManagerStore {
     package func members(
         _ kind: ClusterKind,
         clusterID: Int? = nil,
-        state: MemberState? = nil
+        state: MemberState? = nil,
+        limit: Int? = nil,
+        offset: Int? = nil
     ) async throws(DragonflyError) -> [MemberRecord] {
         let rows = try await database.withDatabase("list \(kind.memberName)s") { database in
             let query = database.select().column("*").from(kind.memberTable)
             if let clusterID { query.where(kind.clusterColumn, .equal, clusterID) }
             if let state { query.where("state", .equal, state.rawValue) }
-            return try await query.orderBy("id").all()
+            return try await query.orderBy("id").limit(limit).offset(offset).all()
         }
         return try decode(kind.memberTable, rows) { try Self.memberRecord($0, kind: kind) }
     }
@@ -212,11 +263,15 @@ extension ManagerStore {
     }
 
     /// Hosts ordered by ID, optionally only those of one scheduler cluster.
-    package func hosts(schedulerClusterID: Int? = nil) async throws(DragonflyError) -> [HostRecord] {
+    package func hosts(
+        schedulerClusterID: Int? = nil,
+        limit: Int? = nil,
+        offset: Int? = nil
+    ) async throws(DragonflyError) -> [HostRecord] {
         let rows = try await database.withDatabase("list hosts") { database in
             let query = database.select().column("*").from("hosts")
             if let schedulerClusterID { query.where("scheduler_cluster_id", .equal, schedulerClusterID) }
-            return try await query.orderBy("id").all()
+            return try await query.orderBy("id").limit(limit).offset(offset).all()
         }
         return try decode("hosts", rows, Self.hostRecord)
     }

@@ -47,6 +47,13 @@ extension ManagerStore {
         return value
     }
 
+    /// Removes the setting `key`, if there is one.
+    package func deleteSetting(key: String) async throws(DragonflyError) {
+        try await database.withDatabase("delete a setting") { database in
+            try await database.delete(from: "settings").where("key", .equal, key).run()
+        }
+    }
+
     /// Stores `value` under `key`, replacing any previous value.
     package func setSetting(key: String, value: String, now: Date = Date()) async throws(DragonflyError) {
         let now = StoredDate.forBinding(now)

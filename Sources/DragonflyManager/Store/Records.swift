@@ -1,4 +1,5 @@
 package import DragonflyCore
+
 #if canImport(FoundationEssentials)
 package import FoundationEssentials
 #else
