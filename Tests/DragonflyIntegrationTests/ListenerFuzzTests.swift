@@ -27,7 +27,7 @@ struct ListenerFuzzTests {
     func malformedInputOnEveryListenerKillsNothingAndKeepsHealthAndMemory() async throws {
         let binary = try DragonflyExecutable.locate()
         let arguments = [
-            "--binary", binary, "--seed", "1", "--rounds", "2", "--idle", "40", "--seconds", "60",
+            "--binary", binary, "--seed", "1", "--rounds", "5", "--idle", "40", "--seconds", "60",
             "--health-deadline", "10",
         ]
         let output = try await runTool(Self.scriptPath(), arguments, timeLimit: .seconds(270))
