@@ -48,6 +48,10 @@ package final class PieceAnnouncer: Sendable {
     package let maximumTasks: Int
     /// Pieces buffered per subscription before it overflows.
     package let bufferLimit: Int
+    /// The transfer grants schedulers handed this daemon: sessions record and present them, the piece server
+    /// and the Peer service demand them for private tasks (kept here because every one of them holds the
+    /// announcer).
+    package let grants = TransferGrants()
 
     private struct State {
         var tasks: [TaskID: [UInt64: PieceSubscription.Box]] = [:]

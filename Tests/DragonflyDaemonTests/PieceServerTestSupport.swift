@@ -142,8 +142,10 @@ struct HTTPTestConnection {
     }
 
     /// Sends a request and reads its response.
-    mutating func get(_ path: String, method: HTTPMethod = .GET) async throws -> TestResponse {
-        try await send(path, method: method)
+    mutating func get(_ path: String, method: HTTPMethod = .GET, headers: HTTPHeaders = [:]) async throws
+        -> TestResponse
+    {
+        try await send(path, method: method, headers: headers)
         let received = try await receive()
         return try #require(received)
     }

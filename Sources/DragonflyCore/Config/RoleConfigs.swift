@@ -226,6 +226,8 @@ package struct DaemonConfig: RoleConfiguration {
     package var tls = SourceTLSConfig()
     /// Exit after this long without work (auto-started daemons); 0 means never.
     package var idleExit: ConfigDuration = .zero
+    /// Cluster trust (the cdn sends the cluster secret; a daemon may demand it on `Peer.DownloadTask`).
+    package var security = SecurityConfig()
 
     package init() {}
 
@@ -441,6 +443,8 @@ package struct SchedulerConfig: RoleConfiguration {
     package var seedPeers: [String] = []
     package var scheduling = SchedulingConfig()
     package var gc = GCConfig()
+    /// Cluster trust: the secret demanded from seed peers and from calls that change another host's state.
+    package var security = SecurityConfig()
 
     package init() {}
 

@@ -36,6 +36,8 @@ package struct PeerService: Dragonfly_V1_Peer.SimpleServiceProtocol {
     private let hostType: Dragonfly_V1_HostType
     private let isReady: @Sendable () -> Bool
     private let configuration: PeerServiceConfiguration
+    private let grants: TransferGrants
+    private let allowedFileDirectories: [String]
     private let logger: Logger
 
     /// - Parameters:
@@ -50,8 +52,12 @@ package struct PeerService: Dragonfly_V1_Peer.SimpleServiceProtocol {
         hostType: Dragonfly_V1_HostType,
         isReady: @escaping @Sendable () -> Bool = { true },
         configuration: PeerServiceConfiguration = PeerServiceConfiguration(),
+        grants: TransferGrants = TransferGrants(),
+        allowedFileDirectories: [String] = [],
         logger: Logger
     ) {
+        self.grants = grants
+        self.allowedFileDirectories = allowedFileDirectories
         self.store = store
         self.announcer = announcer
         self.downloader = downloader
@@ -77,9 +83,12 @@ package struct PeerService: Dragonfly_V1_Peer.SimpleServiceProtocol {
                 message: "\(request.interestedPieceNumbers.count) interested pieces exceed the limit of "
                     + "\(configuration.maximumInterestedPieces)")
         }
+        let grants = grants
+        let presented = request.transferGrant
         let sync = PieceSync(
             taskID: id, interested: request.interestedPieceNumbers.map(Int.init), store: store, announcer: announcer,
-            configuration: configuration, logger: logger)
+            configuration: configuration, logger: logger,
+            authorize: { info in grants.mayServe(id, headers: info.headers, presented: presented) })
         try await sync.run { try await response.write($0) }
     }
 
@@ -87,9 +96,15 @@ package struct PeerService: Dragonfly_V1_Peer.SimpleServiceProtocol {
         -> Dragonfly_V1_TaskInfo
     {
         let id = try TaskID.validated(request.taskID)
-        guard let info = store.taskInfo(taskID: id) else {
+        guard var info = store.taskInfo(taskID: id) else {
             throw DragonflyError(code: .notFound, message: "task \(id) is not on this host")
         }
+        guard grants.mayServe(id, headers: info.headers, presented: request.transferGrant) else {
+            throw DragonflyError(
+                code: .permissionDenied,
+                message: "task \(id) is private; only peers its scheduler scheduled may stat it")
+        }
+        info.url = Redaction.url(info.url)
         let digests = (try? store.pieceDigests(taskID: id)) ?? []
         return Dragonfly_V1_TaskInfo(stored: info, digests: digests)
     }
@@ -99,7 +114,7 @@ package struct PeerService: Dragonfly_V1_Peer.SimpleServiceProtocol {
         response: RPCWriter<Dragonfly_V1_DownloadProgress>,
         context: ServerContext
     ) async throws {
-        let download = request.download
+        var download = request.download
         guard !download.hasOutputPath else {
             throw DragonflyError(
                 code: .invalidArgument,
@@ -109,6 +124,7 @@ package struct PeerService: Dragonfly_V1_Peer.SimpleServiceProtocol {
         guard !download.url.isEmpty else {
             throw DragonflyError(code: .invalidArgument, message: "download.url is empty")
         }
+        download.url = try NetworkDownloadPolicy(allowedFileDirectories: allowedFileDirectories).check(download.url)
         // A slow caller must not slow the download: reports go through a bounded buffer that keeps the newest.
         let (reports, continuation) = AsyncStream.makeStream(
             of: Dragonfly_V1_DownloadProgress.self, bufferingPolicy: .bufferingNewest(configuration.progressBuffer))

@@ -30,6 +30,8 @@ struct PieceSync {
     let announcer: PieceAnnouncer
     let configuration: PeerServiceConfiguration
     let logger: Logger
+    /// Whether the caller may learn of the task's pieces (a private task needs the caller's transfer grant).
+    let authorize: @Sendable (StoredTaskInfo) -> Bool
 
     /// What has been sent and what is known of the task.
     private struct Progress {
@@ -49,8 +51,10 @@ struct PieceSync {
         store: PieceStore,
         announcer: PieceAnnouncer,
         configuration: PeerServiceConfiguration,
-        logger: Logger
+        logger: Logger,
+        authorize: @escaping @Sendable (StoredTaskInfo) -> Bool = { _ in true }
     ) {
+        self.authorize = authorize
         self.taskID = taskID
         self.interested = Set(interested)
         self.store = store
@@ -127,6 +131,7 @@ struct PieceSync {
         guard let info = store.taskInfo(taskID: taskID), let held = try? store.finishedPieces(taskID: taskID) else {
             return .absent
         }
+        try checkAuthorized(info)
         progress.seen = true
         progress.contentLength = info.contentLength ?? progress.contentLength
         progress.count = info.pieceCount ?? progress.count
@@ -160,6 +165,7 @@ struct PieceSync {
         _ progress: inout Progress,
         send: (Dragonfly_V1_PieceAvailable) async throws -> Void
     ) async throws -> Bool {
+        if let info = store.taskInfo(taskID: taskID) { try checkAuthorized(info) }
         if let contentLength = piece.contentLength, progress.contentLength == nil,
             let info = store.taskInfo(taskID: taskID)
         {
@@ -184,6 +190,14 @@ struct PieceSync {
             return progress.sent.count >= count
         }
         return interested.isSubset(of: progress.sent)
+    }
+
+    private func checkAuthorized(_ info: StoredTaskInfo) throws {
+        guard authorize(info) else {
+            throw RPCError(
+                code: .permissionDenied,
+                message: "task \(taskID) is private; only peers its scheduler scheduled may sync it")
+        }
     }
 
     private func checkInterested(_ count: Int?) throws {

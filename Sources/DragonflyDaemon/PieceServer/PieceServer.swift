@@ -63,17 +63,22 @@ package struct PieceServer: Service {
     private let threadPool: NIOThreadPool
     private let logger: Logger
     private let counters = ConnectionCounters()
+    /// Grants that open private tasks (DESIGN §11).
+    private let grants: TransferGrants
 
     /// A server for `store`'s pieces; nothing is bound until ``run()``.
     ///
     /// - Parameters:
     ///   - limiter: The daemon's upload budget (``UploadLimiter/init(config:)`` from `upload.*`).
     ///   - metrics: Where sent bytes are counted; nil counts nowhere.
+    ///   - grants: The transfer grants this daemon holds; a private task's pieces go only to a request whose
+    ///     `X-Dragonfly-Transfer-Grant` is one of them.
     package init(
         configuration: PieceServerConfiguration,
         store: PieceStore,
         limiter: UploadLimiter,
         metrics: DaemonMetrics?,
+        grants: TransferGrants = TransferGrants(),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         threadPool: NIOThreadPool = .singleton,
         logger: Logger
@@ -84,6 +89,7 @@ package struct PieceServer: Service {
         self.store = store
         self.limiter = limiter
         self.metrics = metrics
+        self.grants = grants
         self.group = eventLoopGroup
         self.logger = logger
     }
@@ -214,6 +220,12 @@ package struct PieceServer: Service {
     ) async throws -> Bool {
         guard let info = store.taskInfo(taskID: id) else {
             return try await sendError(.notFound, "task \(id) is not here", head, channel)
+        }
+        let presented = head.headers.first(name: TransferGrants.headerName) ?? ""
+        guard grants.mayServe(id, headers: info.headers, presented: presented) else {
+            logger.debug("piece of a private task refused without a valid grant")
+            return try await sendError(
+                .forbidden, "task \(id) is private; only peers its scheduler scheduled may fetch it", head, channel)
         }
         if let count = info.pieceCount, number >= count {
             return try await sendError(

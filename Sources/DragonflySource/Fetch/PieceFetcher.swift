@@ -130,7 +130,9 @@ package struct PieceFetcher: Sendable {
         if let pieces, let bad = pieces.first(where: { $0 < 0 || $0 >= (pieceCount ?? .max) }) {
             throw DragonflyError(
                 code: .invalidArgument,
-                message: "piece \(bad) is outside \(request.url) (\(pieceCount.map(String.init) ?? "unknown") pieces)")
+                message:
+                    "piece \(bad) is outside \(Redaction.url(request.url)) (\(pieceCount.map(String.init) ?? "unknown") pieces)"
+            )
         }
         let needed: Set<Int>? = pieces ?? pieceCount.map { Set(0..<$0) }
         if length == 0 || needed?.isEmpty == true {
@@ -148,7 +150,7 @@ package struct PieceFetcher: Sendable {
         logger.debug(
             "fetching pieces from the origin",
             metadata: [
-                "df.source.url": "\(request.url)", "df.piece.length": "\(pieceLength)",
+                "df.source.url": "\(Redaction.url(request.url))", "df.piece.length": "\(pieceLength)",
                 "df.piece.needed": "\(needed.map { "\($0.count)" } ?? "all")",
                 "df.source.ranges": "\(metadata.supportsRanges)",
             ])
@@ -157,7 +159,7 @@ package struct PieceFetcher: Sendable {
             if let whole = job.progress.takeWholeBodyResponse() {
                 logger.debug(
                     "origin ignored a range request; switching to one stream",
-                    metadata: ["df.source.url": "\(request.url)"])
+                    metadata: ["df.source.url": "\(Redaction.url(request.url))"])
                 try await job.fetchAsOneStream(startingWith: whole)
             }
         } else {
@@ -272,7 +274,9 @@ private struct FetchJob: Sendable {
                         guard next < run.end else {
                             throw DragonflyError(
                                 code: .originError,
-                                message: "origin sent more than the requested range \(range) of \(request.url)")
+                                message:
+                                    "origin sent more than the requested range \(range) of \(Redaction.url(request.url))"
+                            )
                         }
                         assembler.append(from: &chunk)
                         if assembler.isComplete {
@@ -288,7 +292,7 @@ private struct FetchJob: Sendable {
                 if next < run.end {
                     throw DragonflyError(
                         code: .unavailable,
-                        message: "origin closed the response to range \(range) of \(request.url) early, "
+                        message: "origin closed the response to range \(range) of \(Redaction.url(request.url)) early, "
                             + "in piece \(next)")
                 }
             } catch {
@@ -345,7 +349,9 @@ private struct FetchJob: Sendable {
                 if let total, offset >= total {
                     throw DragonflyError(
                         code: .originError,
-                        message: "origin sent more than the \(total) bytes of \(request.url); did the object change?")
+                        message:
+                            "origin sent more than the \(total) bytes of \(Redaction.url(request.url)); did the object change?"
+                    )
                 }
                 let pieceEnd = Int64(number) * pieceLength + length(ofPiece: number)
                 let take = Int(min(Int64(chunk.readableBytes), pieceEnd - offset))
@@ -368,7 +374,7 @@ private struct FetchJob: Sendable {
             guard offset == total else {
                 throw DragonflyError(
                     code: .unavailable,
-                    message: "origin closed the stream of \(request.url) at byte \(offset) of \(total)")
+                    message: "origin closed the stream of \(Redaction.url(request.url)) at byte \(offset) of \(total)")
             }
             return true
         }
@@ -388,7 +394,9 @@ private struct FetchJob: Sendable {
         else { return }
         throw DragonflyError(
             code: .originError,
-            message: "\(request.url) changed on the origin: \(actual) bytes now, \(expected) when it was looked up")
+            message:
+                "\(Redaction.url(request.url)) changed on the origin: \(actual) bytes now, \(expected) when it was looked up"
+        )
     }
 
     /// Counts received bytes and applies the rate limit.
@@ -402,7 +410,7 @@ private struct FetchJob: Sendable {
     private func deliver(_ piece: PieceAssembler) async throws {
         logger.trace(
             "piece fetched from the origin",
-            metadata: ["df.source.url": "\(request.url)", "df.piece.number": "\(piece.number)"])
+            metadata: ["df.source.url": "\(Redaction.url(request.url))", "df.piece.number": "\(piece.number)"])
         do {
             try await consumer(piece.number, piece.bytes)
         } catch {
@@ -422,7 +430,8 @@ private struct FetchJob: Sendable {
             let reason = (error as? DragonflyError)?.message ?? "\(error)"
             throw DragonflyError(
                 code: (error as? DragonflyError)?.code ?? .unavailable,
-                message: "piece \(piece) of \(request.url) failed after \(state.failures) attempts: \(reason)",
+                message:
+                    "piece \(piece) of \(Redaction.url(request.url)) failed after \(state.failures) attempts: \(reason)",
                 cause: (error as? DragonflyError)?.cause ?? error
             )
         }
@@ -431,7 +440,7 @@ private struct FetchJob: Sendable {
         logger.debug(
             "origin request failed; retrying",
             metadata: [
-                "df.source.url": "\(request.url)", "df.piece.number": "\(piece)",
+                "df.source.url": "\(Redaction.url(request.url))", "df.piece.number": "\(piece)",
                 "df.attempt": "\(state.failures)", "df.retry.wait": "\(wait)", "df.error": "\(error)",
             ])
         try await Task.sleep(for: wait)

@@ -37,7 +37,7 @@ package struct FileSourceClient: SourceClient {
             guard range.start >= 0, range.start < size, (range.length ?? 1) > 0 else {
                 throw DragonflyError(
                     code: .originError,
-                    message: "range \(range) is beyond the end of \(request.url) (\(size) bytes)")
+                    message: "range \(range) is beyond the end of \(Redaction.url(request.url)) (\(size) bytes)")
             }
             start = range.start
             if let length = range.length {
@@ -59,7 +59,7 @@ package struct FileSourceClient: SourceClient {
         let path = try FileURL.path(from: request.url)
         let info = try await info(path: path, url: request.url)
         guard info.type == .directory else {
-            throw DragonflyError(code: .invalidArgument, message: "\(request.url) is not a directory")
+            throw DragonflyError(code: .invalidArgument, message: "\(Redaction.url(request.url)) is not a directory")
         }
         let directory = path.hasSuffix("/") ? path : path + "/"
         var names: [(name: String, type: FileType)] = []
@@ -69,7 +69,7 @@ package struct FileSourceClient: SourceClient {
                     guard names.count < maximumListEntries else {
                         throw DragonflyError(
                             code: .resourceExhausted,
-                            message: "\(request.url) holds more than \(maximumListEntries) entries")
+                            message: "\(Redaction.url(request.url)) holds more than \(maximumListEntries) entries")
                     }
                     names.append((entry.name.string, entry.type))
                 }
@@ -112,7 +112,7 @@ package struct FileSourceClient: SourceClient {
             throw Self.fileSystemError(error, path: path, url: url)
         }
         guard let info else {
-            throw DragonflyError(code: .originError, message: "no such file \(path) (\(url))")
+            throw DragonflyError(code: .originError, message: "no such file \(path) (\(Redaction.url(url)))")
         }
         return info
     }
@@ -122,10 +122,10 @@ package struct FileSourceClient: SourceClient {
         if info.type == .directory {
             throw DragonflyError(
                 code: .invalidArgument,
-                message: "\(url) is a directory; download it recursively (get --recursive)")
+                message: "\(Redaction.url(url)) is a directory; download it recursively (get --recursive)")
         }
         guard info.type == .regular else {
-            throw DragonflyError(code: .invalidArgument, message: "\(url) is not a regular file")
+            throw DragonflyError(code: .invalidArgument, message: "\(Redaction.url(url)) is not a regular file")
         }
         return info
     }
@@ -148,15 +148,18 @@ package struct FileSourceClient: SourceClient {
     static func fileSystemError(_ error: any Error, path: String, url: String) -> any Error {
         if error is CancellationError || error is DragonflyError { return error }
         guard let error = error as? FileSystemError else {
-            return DragonflyError(code: .unavailable, message: "cannot read \(path) (\(url))", cause: error)
+            return DragonflyError(
+                code: .unavailable, message: "cannot read \(path) (\(Redaction.url(url)))", cause: error)
         }
         switch error.code {
         case .notFound:
-            return DragonflyError(code: .originError, message: "no such file \(path) (\(url))", cause: error)
+            return DragonflyError(
+                code: .originError, message: "no such file \(path) (\(Redaction.url(url)))", cause: error)
         case .permissionDenied:
             return DragonflyError(code: .permissionDenied, message: "no permission to read \(path)", cause: error)
         default:
-            return DragonflyError(code: .unavailable, message: "cannot read \(path) (\(url))", cause: error)
+            return DragonflyError(
+                code: .unavailable, message: "cannot read \(path) (\(Redaction.url(url)))", cause: error)
         }
     }
 }
@@ -198,7 +201,8 @@ struct FileChunkBody: AsyncSequence, Sendable {
             guard chunk.readableBytes > 0 else {
                 throw DragonflyError(
                     code: .originError,
-                    message: "\(body.url) shrank while being read (ended at byte \(offset) of \(body.end))")
+                    message:
+                        "\(Redaction.url(body.url)) shrank while being read (ended at byte \(offset) of \(body.end))")
             }
             offset += Int64(chunk.readableBytes)
             return chunk
@@ -213,7 +217,7 @@ struct FileChunkBody: AsyncSequence, Sendable {
         do {
             return try await FileSystem.shared.withFileHandle(forReadingAt: FilePath(path)) { handle in
                 guard FileIdentity(try await handle.info()) == identity else {
-                    throw DragonflyError(code: .originError, message: "\(url) changed while being read")
+                    throw DragonflyError(code: .originError, message: "\(Redaction.url(url)) changed while being read")
                 }
                 return try await handle.readChunk(fromAbsoluteOffset: offset, length: .bytes(length))
             }

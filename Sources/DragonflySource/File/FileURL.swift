@@ -10,7 +10,8 @@ package enum FileURL {
     package static func path(from url: String) throws(DragonflyError) -> String {
         let prefix = "file://"
         guard url.count > prefix.count, url.prefix(prefix.count).lowercased() == prefix else {
-            throw DragonflyError(code: .invalidArgument, message: "'\(url)' is not a file:///absolute/path URL")
+            throw DragonflyError(
+                code: .invalidArgument, message: "'\(Redaction.url(url))' is not a file:///absolute/path URL")
         }
         var rest = url.dropFirst(prefix.count)
         if let end = rest.firstIndex(where: { $0 == "?" || $0 == "#" }) {
@@ -21,15 +22,18 @@ package enum FileURL {
         guard host.isEmpty || host == "localhost" else {
             throw DragonflyError(
                 code: .invalidArgument,
-                message: "'\(url)' names host '\(host)'; file URLs must name a local path (file:///absolute/path)")
+                message:
+                    "'\(Redaction.url(url))' names host '\(host)'; file URLs must name a local path (file:///absolute/path)"
+            )
         }
         let encoded = rest[slash...]
         guard encoded.hasPrefix("/") else {
             throw DragonflyError(
-                code: .invalidArgument, message: "'\(url)' has no absolute path (file:///absolute/path)")
+                code: .invalidArgument, message: "'\(Redaction.url(url))' has no absolute path (file:///absolute/path)")
         }
         guard let path = percentDecoded(encoded), !path.contains("\0") else {
-            throw DragonflyError(code: .invalidArgument, message: "'\(url)' has an invalid percent-encoded path")
+            throw DragonflyError(
+                code: .invalidArgument, message: "'\(Redaction.url(url))' has an invalid percent-encoded path")
         }
         return path
     }
