@@ -214,6 +214,7 @@ package func makeSeedPeerMembership(
         target: config.manager.address,
         sourceType: .seedPeer,
         keepAliveInterval: config.manager.keepAliveInterval.duration,
+        clusterSecret: ClusterSecret(secret: try config.security.resolvedClusterSecret()),
         logger: logger
     ) { manager, options in
         let host = try await identity.value()

@@ -1,0 +1,109 @@
+import DragonflyCore
+import DragonflyTestSupport
+import Foundation
+import NIOHTTP1
+import Testing
+
+/// The hardened configuration costs no function (issue "Security, part 1", acceptance): a manager, scheduler and
+/// seed peer sharing a cluster secret, real daemons and a real nginx. P2P of a private (credentialed) task works
+/// between daemons through the transfer grant while a stranger is refused the same pieces, and a preheat job
+/// goes manager → scheduler → seed peer with the secret on every hop.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct SecureClusterTests {
+    static let rootPassword = "root-password-for-secure-tests"
+    static let secret = "cluster-secret-for-tests-0123456789"
+
+    /// A manager and a P2P cluster whose manager, scheduler and seeds share ``secret``; daemons have none.
+    func withSecureCluster(
+        seeds: Int,
+        daemons: Int,
+        _ body: (ManagerAPIClient, String, P2PCluster) async throws -> Void
+    ) async throws {
+        try await withTemporaryDirectory { dir in
+            let managerConfig = try dir.writeFile("manager.yaml", text: "security:\n  clusterSecret: \(Self.secret)\n")
+            let arguments = [
+                "manager", "--config", managerConfig, "--data-dir", dir.appending("manager"), "--listen",
+                "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
+            ]
+            try await withDragonfly(arguments, environment: ["DRAGONFLY_INITIAL_ROOT_PASSWORD": Self.rootPassword]) {
+                manager in
+                let ready = try await manager.awaitReady(timeLimit: .seconds(60))
+                let grpc = try #require(ready.listeners["grpc"])
+                let api = try ManagerAPIClient(ready)
+                defer { api.shutdown() }
+                let secured = "security:\n  clusterSecret: \(Self.secret)\n"
+                try await withP2PCluster(
+                    schedulers: 1, seeds: seeds, daemons: daemons, seedConfigYAML: secured,
+                    schedulerConfigYAML: secured, schedulerArguments: ["--manager", grpc]
+                ) { cluster in
+                    let session = try await api.signIn("root", Self.rootPassword)
+                    try await poll(every: .milliseconds(200), timeLimit: .seconds(30), description: "scheduler active")
+                    {
+                        let schedulers = try await api.call(.GET, "/api/v1/schedulers", token: session)
+                        return (schedulers.json.array ?? []).contains { $0["state"].string == "active" }
+                    }
+                    try await body(api, session, cluster)
+                }
+            }
+        }
+    }
+
+    @Test func aPrivateTaskGoesPeerToPeerWithItsGrantAndToNobodyElse() async throws {
+        let size = 12 << 20
+        let blob = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 9) }
+        try await withNginxOrigin { origin in
+            try origin.writeFile("private.bin", contents: blob)
+            let url = origin.url(for: "private.bin")
+            try await withSecureCluster(seeds: 0, daemons: 2) { _, _, cluster in
+                let first = cluster.daemons[0]
+                let second = cluster.daemons[1]
+                let credentials = ["-H", "Authorization: Bearer reader-token"]
+                let one = try await cluster.get(
+                    url: url, on: first, output: cluster.outputPath("one"), extraArguments: credentials)
+                #expect(one.exitCode == 0, "\(one.stderr)\n\(cluster.logs())")
+                let two = try await cluster.get(
+                    url: url, on: second, output: cluster.outputPath("two"), extraArguments: credentials)
+                #expect(two.exitCode == 0, "\(two.stderr)\n\(cluster.logs())")
+                #expect(FileManager.default.contents(atPath: cluster.outputPath("two")).map(Array.init) == blob)
+                // The second daemon got the private task from the first: the grant opened its pieces.
+                #expect(try await cluster.downloadBytes(of: second, source: .peer) == size, "\(cluster.logs())")
+
+                // A stranger who computes the task ID from the URL is refused the same piece.
+                let id = TaskID.make(url: url)
+                let piece = try #require(first.address(of: "piece"))
+                let stranger = try await curlRequest("http://\(piece)/pieces/\(id)/0")
+                #expect(stranger.status == 403, "\(String(decoding: stranger.body, as: UTF8.self))")
+                let guessed = try await curlRequest(
+                    "http://\(piece)/pieces/\(id)/0", headers: [("X-Dragonfly-Transfer-Grant", "guessed")])
+                #expect(guessed.status == 403)
+            }
+        }
+    }
+
+    @Test func aPreheatJobCarriesTheSecretFromManagerToSeed() async throws {
+        let size = 4 << 20
+        let blob = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        try await withNginxOrigin { origin in
+            try origin.writeFile("preheat.bin", contents: blob)
+            let url = origin.url(for: "preheat.bin")
+            try await withSecureCluster(seeds: 1, daemons: 1) { api, session, cluster in
+                let token = try await api.createToken(session, scopes: ["job"], expiresIn: 3600)
+                let created = try await api.call(
+                    .POST, "/oapi/v1/jobs", token: token,
+                    json: #"{"type":"preheat","args":{"type":"file","url":"\#(url)","scope":"single_seed_peer"}}"#)
+                #expect(created.status == 200, "\(created.text)")
+                let id = try #require(created.json["id"].int)
+                var job = ManagerAPIAnswer()
+                try await poll(every: .milliseconds(250), timeLimit: .seconds(120), description: "job \(id) ended") {
+                    job = try await api.call(.GET, "/oapi/v1/jobs/\(id)", token: token)
+                    return ["SUCCESS", "FAILURE"].contains(job.json["state"].string ?? "")
+                }
+                #expect(job.json["state"].string == "SUCCESS", "\(job.text)\n\(cluster.logs())")
+                // The daemon then gets the file from the seed, not from nginx.
+                let get = try await cluster.get(url: url, on: cluster.daemons[0], output: cluster.outputPath("p"))
+                #expect(get.exitCode == 0, "\(get.stderr)")
+                #expect(try await cluster.downloadBytes(of: cluster.daemons[0], source: .origin) == 0)
+            }
+        }
+    }
+}
