@@ -26,11 +26,14 @@ package import Foundation
 /// digest mismatch or a wrong length before anything is written, writes the piece at its offset, and only then
 /// marks it held. A held piece is what ``readPiece(taskID:number:)`` serves.
 ///
-/// **Crash safety.** Metadata is persisted in batches (every ``PieceStoreConfiguration/metadataBatchPieces``
-/// new pieces or ``PieceStoreConfiguration/metadataBatchInterval``, and on finish, close and
-/// ``flushAll()``): the medium is synced (`fdatasync`) first, then the whole `meta` file is replaced atomically
-/// (temporary file, fsync, rename). So after a crash every piece the file lists is intact; pieces written since
-/// the last batch are simply fetched again. Metadata is persisted only for a ``FileBackedStorageMedium``; for
+/// **Crash safety.** Metadata is persisted at once while a task has flush allowance left
+/// (``PieceStoreConfiguration/metadataFlushBurst`` per interval), else in batches (every
+/// ``PieceStoreConfiguration/metadataBatchPieces`` new pieces or ``PieceStoreConfiguration/metadataBatchInterval``,
+/// see ``flushDue()``), and on finish, close and ``flushAll()``: the medium is synced (`fdatasync`) first, then
+/// the whole `meta` file is replaced atomically (temporary file, fsync, rename, directory fsync). So after a
+/// crash every piece the file lists is intact; pieces written since the last flush are simply fetched again.
+/// Directories are created 0700 and files 0600 (cached content may be private); ``reload()`` tightens a store
+/// an older version left readable. Metadata is persisted only for a ``FileBackedStorageMedium``; for
 /// other media (``MemoryMedium``) it lives in memory, like the bytes it describes.
 ///
 /// **Concurrency.** A final class with one `Mutex` over the in-memory index, rather than an actor: the index
@@ -83,6 +86,8 @@ package final class PieceStore: Sendable {
         var unflushedPieces = 0
         var lastFlush: ContinuousClock.Instant
         var flushesInFlight = 0
+        /// Immediate flushes the task may still make (see ``PieceStore/flush(_:force:)``).
+        var allowance: FlushAllowance
         /// Position in least-recently-used order (larger is more recent).
         var accessOrder: UInt64
 
@@ -197,7 +202,8 @@ package final class PieceStore: Sendable {
             guard var entry = state.entries[id] else {
                 state.entries[id] = Entry(
                     metadata: fresh, journal: makeJournal(id, persistedVersion: 0), version: 1, snapshotVersion: 0,
-                    writers: 1, lastFlush: clock.now, accessOrder: state.nextAccess())
+                    writers: 1, lastFlush: clock.now, allowance: FlushAllowance(now: clock.now, burst: flushBurst),
+                    accessOrder: state.nextAccess())
                 return .created
             }
             guard entry.phase == .active else { throw Self.busy(id) }
@@ -506,15 +512,19 @@ package final class PieceStore: Sendable {
         let now = TaskMetadata.now()
         let batchPieces = configuration.metadataBatchPieces
         let batchInterval = configuration.metadataBatchInterval
+        let burst = flushBurst
         let shouldFlush = state.withLock { state -> Bool in
             guard var entry = state.entries[id] else { return false }
             entry.writing.remove(number)
             entry.metadata.insertPiece(number, digest: digestBytes)
             entry.version += 1
             entry.unflushedPieces += 1
+            let instant = clock.now
             let due =
-                entry.unflushedPieces >= batchPieces || clock.now - entry.lastFlush >= batchInterval
+                entry.unflushedPieces >= batchPieces || instant - entry.lastFlush >= batchInterval
                 || entry.metadata.pieces.heldCount == entry.metadata.pieceCount
+                || (entry.flushesInFlight == 0
+                    && entry.allowance.take(now: instant, burst: burst, per: batchInterval))
             state.entries[id] = entry
             state.touch(id, now: now)
             return due && entry.flushesInFlight == 0
@@ -616,6 +626,29 @@ package final class PieceStore: Sendable {
         if let failure { throw failure }
     }
 
+    /// Persists the metadata of every task holding pieces that have waited at least
+    /// ``PieceStoreConfiguration/metadataBatchInterval`` since the task's last flush. Batches are otherwise due
+    /// only when a piece is written, so a task whose pieces land in bursts (or while another flush runs) would
+    /// keep verified pieces unlisted until its next piece; run this every interval so a crash loses at most
+    /// about one interval of verified pieces (DESIGN §7). Errors are logged; the next call retries.
+    package func flushDue() async {
+        let interval = configuration.metadataBatchInterval
+        let now = clock.now
+        let due = state.withLock { state in
+            state.entries.filter { _, entry in
+                entry.phase == .active && entry.unflushedPieces > 0 && entry.flushesInFlight == 0
+                    && now - entry.lastFlush >= interval
+            }.map(\.key)
+        }
+        for id in due {
+            do {
+                try await flush(id, force: false)
+            } catch {
+                logger.debug("cannot persist task metadata", metadata: ["df.task.id": "\(id)", "df.error": "\(error)"])
+            }
+        }
+    }
+
     /// Persists everything (at shutdown). The store stays usable.
     package func close() async throws {
         try await flushAll()
@@ -623,7 +656,34 @@ package final class PieceStore: Sendable {
 
     /// Syncs the task's data, then writes a snapshot of its metadata. Without `force`, skips when another
     /// flush of the task is running or nothing changed; with it, returns only once the current state is durable.
+    ///
+    /// A task also flushes at once, without waiting for a batch, while it has allowance left
+    /// (``PieceStoreConfiguration/metadataFlushBurst`` flushes per ``PieceStoreConfiguration/metadataBatchInterval``):
+    /// a slow download, or a burst of pieces from parallel origin requests that land together, is listed as
+    /// soon as it is verified, so a crash loses little more than the pieces in flight; a fast download uses up
+    /// the allowance and is written in batches. Pieces that land while a flush runs are flushed right after it
+    /// when allowance is left.
     func flush(_ id: TaskID, force: Bool) async throws {
+        try await flushOnce(id, force: force)
+        guard !force else { return }
+        let interval = configuration.metadataBatchInterval
+        let burst = flushBurst
+        for _ in 0..<burst {
+            let again = state.withLock { state -> Bool in
+                guard var entry = state.entries[id], entry.phase == .active, entry.unflushedPieces > 0,
+                    entry.flushesInFlight == 0, entry.allowance.take(now: clock.now, burst: burst, per: interval)
+                else { return false }
+                state.entries[id] = entry
+                return true
+            }
+            guard again else { return }
+            try await flushOnce(id, force: false)
+        }
+    }
+
+    private var flushBurst: Int { max(configuration.metadataFlushBurst, 0) }
+
+    private func flushOnce(_ id: TaskID, force: Bool) async throws {
         guard fileMedium != nil else { return }
         let now = clock.now
         let snapshot = state.withLock { state -> (TaskMetadata, UInt64, MetadataJournal)? in
@@ -637,6 +697,9 @@ package final class PieceStore: Sendable {
             return (entry.metadata, entry.version, entry.journal)
         }
         guard let (metadata, version, journal) = snapshot else { return }
+        logger.trace(
+            "persisting task metadata",
+            metadata: ["df.task.id": "\(id)", "df.piece.count": "\(metadata.pieces.heldCount)"])
         defer { state.withLock { $0.entries[id]?.flushesInFlight -= 1 } }
         do {
             // Data first: the metadata written next may list any piece written so far.
@@ -673,7 +736,8 @@ package final class PieceStore: Sendable {
             where state.entries[metadata.taskID] == nil {
                 state.entries[metadata.taskID] = Entry(
                     metadata: metadata, journal: makeJournal(metadata.taskID, persistedVersion: 1), version: 1,
-                    snapshotVersion: 1, lastFlush: now, accessOrder: state.nextAccess())
+                    snapshotVersion: 1, lastFlush: now, allowance: FlushAllowance(now: now, burst: flushBurst),
+                    accessOrder: state.nextAccess())
                 added += 1
             }
             return added
@@ -852,11 +916,16 @@ extension PieceStore {
         logger: Logger
     ) throws(DragonflyError) -> [TaskMetadata] {
         var loaded: [TaskMetadata] = []
+        // A store written by an older version (0755 directories, 0644 files) becomes private here.
+        POSIX.restrictMode(paths.root, to: TaskPaths.directoryMode)
+        POSIX.restrictMode(paths.tasksDirectory, to: TaskPaths.directoryMode)
         for shard in try POSIX.listDirectory(paths.tasksDirectory) {
             let shardPath = paths.tasksDirectory + "/" + shard
             guard let info = POSIX.status(shardPath), POSIX.isDirectory(info) else { continue }
+            POSIX.restrictMode(shardPath, to: TaskPaths.directoryMode)
             for name in (try? POSIX.listDirectory(shardPath)) ?? [] {
                 let taskPath = shardPath + "/" + name
+                POSIX.restrictMode(taskPath, to: TaskPaths.directoryMode)
                 guard let id = TaskID(name), id.shard == shard else {
                     logger.debug("ignoring a foreign entry in the task directory", metadata: ["df.path": "\(taskPath)"])
                     continue
@@ -884,6 +953,8 @@ extension PieceStore {
         for name in try POSIX.listDirectory(directory) where TaskPaths.isTemporaryMetadata(name) {
             unlink(directory + "/" + name)
         }
+        POSIX.restrictMode(paths.metadataFile(id), to: TaskPaths.fileMode)
+        POSIX.restrictMode(medium.dataFilePath(taskID: id), to: TaskPaths.fileMode)
         let limit = (1 << 20) + maximumPieceCount * (TaskMetadata.digestSize + 1)
         let bytes = try readWholeFile(paths.metadataFile(id), limit: limit)
         var metadata = try TaskMetadata.decode(bytes, maximumPieceCount: maximumPieceCount)
@@ -899,7 +970,7 @@ extension PieceStore {
             dropped = true
         }
         if dropped {
-            try AtomicFile.write(metadata.encoded(), to: paths.metadataFile(id))
+            try AtomicFile.write(metadata.encoded(), to: paths.metadataFile(id), mode: UInt32(TaskPaths.fileMode))
         }
         return metadata
     }
@@ -920,5 +991,29 @@ extension PieceStore {
         }
         guard got == size else { throw DragonflyError(code: .dataLoss, message: "\(path) changed while read") }
         return bytes
+    }
+}
+
+/// A task's allowance of immediate metadata flushes: a token bucket holding at most `burst` flushes, refilled
+/// at `burst` per interval.
+struct FlushAllowance {
+    private var tokens: Double
+    private var updated: ContinuousClock.Instant
+
+    init(now: ContinuousClock.Instant, burst: Int) {
+        tokens = Double(burst)
+        updated = now
+    }
+
+    /// Takes one flush if the bucket holds one.
+    mutating func take(now: ContinuousClock.Instant, burst: Int, per interval: Duration) -> Bool {
+        guard burst > 0, interval > .zero else { return false }
+        if now > updated {
+            tokens = min(Double(burst), tokens + (now - updated) / interval * Double(burst))
+            updated = now
+        }
+        guard tokens >= 1 else { return false }
+        tokens -= 1
+        return true
     }
 }

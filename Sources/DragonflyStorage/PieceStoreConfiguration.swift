@@ -5,8 +5,12 @@ package struct PieceStoreConfiguration: Sendable, Equatable {
     /// Persist metadata after this many newly held pieces of a task…
     package var metadataBatchPieces: Int = 16
     /// …or when this long has passed since the task's last flush (checked when a piece is written, and by
-    /// ``PieceStore/flushAll()`` which ``StorageGCService`` calls every interval).
+    /// ``PieceStore/flushDue()``, which the daemon calls every interval).
     package var metadataBatchInterval: Duration = .seconds(1)
+    /// Flushes a task may make at once, outside batches, per ``metadataBatchInterval`` (a token bucket): a
+    /// slow download, or a burst of pieces that land together, is listed as soon as it is verified, so a crash
+    /// loses little more than the pieces being fetched. 0 leaves only the batches.
+    package var metadataFlushBurst: Int = 4
     /// The most pieces a task may have; bounds a task's bitmap and digests (32 bytes a piece) in memory.
     package var maximumPieceCount: Int = 65_536
     /// Tasks not accessed for this long are evicted.

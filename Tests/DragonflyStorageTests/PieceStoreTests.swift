@@ -196,6 +196,7 @@ import Glibc
             var configuration = PieceStoreConfiguration()
             configuration.metadataBatchPieces = 3
             configuration.metadataBatchInterval = .seconds(3600)
+            configuration.metadataFlushBurst = 0
             let id = Fixtures.taskID("crash")
             let pieceLength = 4096
             let content = Fixtures.content(count: pieceLength * 11, seed: 7)

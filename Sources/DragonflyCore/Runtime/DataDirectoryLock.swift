@@ -13,10 +13,11 @@ package final class DataDirectoryLock: Sendable {
     package let directory: String
     private let fd: Int32
 
-    /// Creates `directory` if needed and takes the lock, or throws `failedPrecondition` naming the holder.
+    /// Creates `directory` if needed (mode 0700: a role's data is its own) and takes the lock, or throws
+    /// `failedPrecondition` naming the holder.
     package init(directory: String) throws(DragonflyError) {
         self.directory = directory
-        try Self.makeDirectories(directory)
+        try Self.makeDirectories(directory, mode: 0o700)
         let path = directory + "/lock"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
@@ -51,12 +52,12 @@ package final class DataDirectoryLock: Sendable {
         return text.flatMap { Int($0) }
     }
 
-    /// `mkdir -p` with mode 0755.
-    package static func makeDirectories(_ path: String) throws(DragonflyError) {
+    /// `mkdir -p`: missing directories are created with `mode` (0755 unless said otherwise; stores pass 0700).
+    package static func makeDirectories(_ path: String, mode: UInt32 = 0o755) throws(DragonflyError) {
         var current = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/") {
             current += "/" + component
-            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+            if mkdir(current, mode_t(mode)) != 0 && errno != EEXIST {
                 throw AtomicFile.posixError("cannot create directory \(current)")
             }
         }

@@ -30,8 +30,8 @@ final class MetadataJournal: Sendable {
     func write(_ metadata: TaskMetadata, version: UInt64) throws(DragonflyError) {
         try persistedVersion.withLock { (persisted: inout UInt64) throws(DragonflyError) in
             guard version > persisted else { return }
-            try DataDirectoryLock.makeDirectories(directory)
-            try AtomicFile.write(metadata.encoded(), to: path)
+            try DataDirectoryLock.makeDirectories(directory, mode: UInt32(TaskPaths.directoryMode))
+            try AtomicFile.write(metadata.encoded(), to: path, mode: UInt32(TaskPaths.fileMode))
             persisted = version
         }
     }

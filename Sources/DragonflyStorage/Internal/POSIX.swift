@@ -104,6 +104,15 @@ enum POSIX {
         return stat(path, &info) == 0 ? info : nil
     }
 
+    /// Removes the permission bits of `path` that `mode` does not have (never adds any); a symlink is left
+    /// alone (never followed). Best effort: a failure leaves the mode as it was.
+    static func restrictMode(_ path: String, to mode: mode_t) {
+        var info = stat()
+        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) != S_IFLNK else { return }
+        let current = info.st_mode & 0o7777
+        if current & ~mode != 0 { _ = chmod(path, current & mode) }
+    }
+
     /// Whether `info` describes a directory.
     static func isDirectory(_ info: stat) -> Bool {
         (info.st_mode & S_IFMT) == S_IFDIR

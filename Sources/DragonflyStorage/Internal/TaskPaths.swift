@@ -1,5 +1,13 @@
 import DragonflyCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Where a task's files live: `<data>/tasks/<id[0..3]>/<id>/{data,meta}` (DESIGN §7).
 struct TaskPaths: Sendable {
     /// The data directory, without a trailing slash.
@@ -10,6 +18,11 @@ struct TaskPaths: Sendable {
         while root.count > 1 && root.hasSuffix("/") { root.removeLast() }
         self.root = root.isEmpty ? "." : root
     }
+
+    /// Mode of every directory the store creates: only the role's user may list or enter them.
+    static let directoryMode: mode_t = 0o700
+    /// Mode of every data and metadata file: only the role's user may read them (private tasks live here).
+    static let fileMode: mode_t = 0o600
 
     var tasksDirectory: String { root + "/tasks" }
 

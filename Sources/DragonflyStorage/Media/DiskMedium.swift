@@ -132,10 +132,11 @@ package final class DiskMedium: FileBackedStorageMedium {
         let opened = try await threadPool.runIfActive { () throws -> OpenFile? in
             let path = paths.dataFile(taskID)
             let flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0)
-            var fd = POSIX.open(path, flags)
+            // Private to the daemon's user (DESIGN §11): cached content may be private.
+            var fd = POSIX.open(path, flags, TaskPaths.fileMode)
             if fd < 0 && errno == ENOENT && create {
-                try DataDirectoryLock.makeDirectories(paths.taskDirectory(taskID))
-                fd = POSIX.open(path, flags)
+                try DataDirectoryLock.makeDirectories(paths.taskDirectory(taskID), mode: TaskPaths.directoryMode)
+                fd = POSIX.open(path, flags, TaskPaths.fileMode)
             }
             if fd < 0 {
                 if errno == ENOENT && !create { return nil }
