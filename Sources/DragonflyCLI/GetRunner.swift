@@ -100,11 +100,11 @@ enum GetRunner {
                 display.summaryLine(finished.summary, output: request.output, peerBytes: finished.peerBytes) + "\n")
             return 0
         case .failed(let error):
-            writeToStandardError("dragonfly: \(error.description)\n")
+            writeToStandardError("dragonfly: \(Redaction.message(error.message))\n")
             return error.code.exitCode
         case .timedOut(let limit):
             writeToStandardError(
-                "dragonfly: download of \(request.url) timed out after \(ConfigDuration(milliseconds: limit.milliseconds))\n"
+                "dragonfly: download of \(Redaction.url(request.url)) timed out after \(ConfigDuration(milliseconds: limit.milliseconds))\n"
             )
             return 1
         case .interrupted(let code):
@@ -119,7 +119,9 @@ enum GetRunner {
         display: ProgressDisplay,
         logger: Logger
     ) async throws -> Finished {
-        guard settings.useDaemon else {
+        // A file:// URL is read by this process, as the calling user: no daemon ever reads a local path for a
+        // caller.
+        guard settings.useDaemon, !request.url.lowercased().hasPrefix("file:") else {
             let summary = try await originDownload(
                 request, workspace: try GetWorkspace.open(settings.dataDirectory), display: display, logger: logger)
             return Finished(summary: summary, peerBytes: nil)
@@ -137,7 +139,7 @@ enum GetRunner {
             throw DragonflyError(
                 code: .unavailable,
                 message:
-                    "the local daemon cannot serve \(request.url) and back-to-source is disabled: \(reason.message)"
+                    "the local daemon cannot serve \(Redaction.url(request.url)) and back-to-source is disabled: \(reason.message)"
             )
         }
         logger.warning(

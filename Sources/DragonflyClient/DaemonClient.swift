@@ -5,6 +5,12 @@ import GRPCCore
 package import Logging
 import SwiftProtobuf
 
+#if canImport(FoundationEssentials)
+package import FoundationEssentials
+#else
+package import Foundation
+#endif
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -43,11 +49,10 @@ package struct DaemonClient: Sendable {
         self.logger = logger
     }
 
-    /// Downloads `request` through the daemon and returns its final progress report (`isDone` set).
+    /// Downloads `request` into the daemon's cache and returns its final progress report (`isDone` set).
     ///
-    /// With `request.output` set the daemon writes that file atomically (after checking `request.digest`); a
-    /// relative path is resolved against this process's working directory first. With `output` nil the daemon
-    /// only fills its cache. `progress` is called for every report, in order; an error it throws ends the call.
+    /// The daemon never writes a caller's file: `request.output` is not sent (``DaemonDownload`` writes the
+    /// output from the cache). `progress` is called for every report, in order; an error it throws ends the call.
     ///
     /// - Parameters:
     ///   - priority: The download's priority, 0–6.
@@ -86,6 +91,49 @@ package struct DaemonClient: Sendable {
         }
     }
 
+    /// Streams bytes `[offset, offset + length)` (to the end without `length`) of a task the daemon holds, in
+    /// order; `body` gets each chunk's offset in the task and its bytes (at most 1 MiB), one at a time.
+    ///
+    /// - Throws: `DragonflyError` — `.notFound` when the daemon does not hold a piece the range needs,
+    ///   `.unimplemented` from a daemon without `ReadTask`, `.unavailable` when nothing answers.
+    package func readTask(
+        taskID: TaskID,
+        offset: Int64,
+        length: Int64?,
+        body: @escaping @Sendable (Int64, Data) async throws -> Void
+    ) async throws(DragonflyError) {
+        var message = Dragonfly_V1_ReadTaskRequest()
+        message.taskID = taskID.rawValue
+        message.offset = UInt64(max(offset, 0))
+        if let length { message.length = UInt64(max(length, 0)) }
+        let socketPath = socketPath
+        try await convertingRPCErrors {
+            try await withRPCClient(
+                target: RPCAddress.unixPrefix + socketPath,
+                options: RPCClientOptions(defaultTimeout: nil),
+                logger: logger
+            ) { client in
+                try await Dragonfly_V1_Local.Client(wrapping: client).readTask(message) { response in
+                    var next = offset
+                    for try await chunk in response.messages {
+                        guard chunk.offset == UInt64(next) else {
+                            throw DragonflyError(
+                                code: .internalError,
+                                message: "the daemon at \(socketPath) sent byte \(chunk.offset) where \(next) was due")
+                        }
+                        try await body(next, chunk.data)
+                        next += Int64(chunk.data.count)
+                    }
+                    if let length, next != offset + length {
+                        throw DragonflyError(
+                            code: .internalError,
+                            message: "the daemon at \(socketPath) ended task \(taskID) at byte \(next)")
+                    }
+                }
+            }
+        }
+    }
+
     /// What the daemon (and, with `askScheduler`, its scheduler) knows of a task.
     ///
     /// - Parameters:
@@ -116,19 +164,27 @@ package struct DaemonClient: Sendable {
 
     /// Whether `error` means that the daemon cannot serve at all — nothing listens on the socket, the daemon
     /// does not implement the call, or it failed internally — rather than that the download itself failed
-    /// (an origin error such as 404, a digest mismatch, a timeout). `get` falls back to the origin only then.
+    /// (an origin error such as 404 or a refused connection, a digest mismatch, a timeout). `get` falls back to
+    /// the origin only then: an origin the daemon could not reach is not read a second time.
     package static func isDaemonUnavailable(_ error: DragonflyError) -> Bool {
         switch error.code {
-        case .unavailable, .unimplemented, .internalError: true
+        case .unimplemented, .internalError: true
+        // UNAVAILABLE answered by the daemon's handler (with its dragonfly code) is about the origin or a
+        // peer; without one it is the socket itself.
+        case .unavailable: !answeredByDaemon(error)
         default: false
         }
     }
 
-    /// The Local service's `Download` for `request`: the output path made absolute against this process's
-    /// working directory, headers as a map (repeated names joined with ", "), no timeout as a zero duration.
+    /// Whether the daemon's own handler produced `error` (it carries the dragonfly code in its metadata).
+    static func answeredByDaemon(_ error: DragonflyError) -> Bool {
+        guard let rpcError = error.cause as? RPCError else { return false }
+        return rpcError.metadata[stringValues: DragonflyError.codeMetadataKey].contains { _ in true }
+    }
+
+    /// The Local service's `Download` for `request` (without the output, which the daemon never writes): headers as a map (repeated names joined with ", "), no timeout as a zero duration.
     ///
-    /// - Throws: `DragonflyError` when the working directory cannot be read for a relative output path, or
-    ///   when `priority` is not 0–6.
+    /// - Throws: `DragonflyError` when `priority` is not 0–6.
     package static func makeDownload(_ request: GetRequest, priority: Int = 0) throws(DragonflyError)
         -> Dragonfly_V1_Download
     {
@@ -137,9 +193,6 @@ package struct DaemonClient: Sendable {
         }
         var download = Dragonfly_V1_Download()
         download.url = request.url
-        if let output = request.output {
-            download.outputPath = try absolutePath(output)
-        }
         if let digest = request.digest {
             download.digest = digest.description
         }
@@ -296,6 +349,8 @@ package struct DaemonTaskInfo: Sendable, Hashable {
     package var peerCount: Int
     /// Peers that can serve pieces now.
     package var availablePeerCount: Int
+    /// The first held piece that has a digest.
+    package var firstPiece: DaemonPiece?
 
     init(_ info: Dragonfly_V1_TaskInfo) {
         id = info.id
@@ -315,6 +370,11 @@ package struct DaemonTaskInfo: Sendable, Hashable {
         heldPieces = info.pieces.count
         peerCount = Int(info.peerCount)
         availablePeerCount = Int(info.availablePeerCount)
+        firstPiece = info.pieces.first { !$0.digest.isEmpty }.map {
+            DaemonPiece(
+                number: Int($0.number), offset: Int64(clamping: $0.offset), length: Int64(clamping: $0.length),
+                digest: $0.digest)
+        }
     }
 }
 

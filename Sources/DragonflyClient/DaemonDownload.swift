@@ -1,5 +1,13 @@
 package import DragonflyCore
+import DragonflyRPC
+import DragonflyStorage
 import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 
 #if canImport(Glibc)
 import Glibc
@@ -14,15 +22,17 @@ package struct DaemonGetResult: Sendable {
     package var peerBytes: Int64
 }
 
-/// `dragonfly get` through the local daemon: a file output is written by the daemon itself (atomically, digest
-/// checked first); `-O -` streams the bytes to standard output in order as pieces land.
+/// `dragonfly get` through the local daemon. The daemon fills its cache and reports progress; the output is
+/// written by this process, as the calling user, with the same ``GetOutput`` writer as `--no-daemon` — the
+/// daemon never writes a caller's file (DESIGN §6 step 7, §11).
 ///
-/// For `-O -` the daemon fills its cache and each reported piece is read back with `pread` from the daemon's
-/// data file (`<data dir>/tasks/<id[0..3]>/<id>/data`) as soon as it and every piece before it have landed; the
-/// first piece read is checked against the digest the daemon reported, so a data file that is not the
-/// daemon's is never streamed. When that file cannot be read (another user's daemon, an unknown data dir, a
-/// mismatch) — and always with `--digest`, so that nothing unverified reaches standard output — the daemon
-/// writes a temporary output instead, which is streamed and deleted.
+/// The bytes come from the daemon's data file (`<data dir>/tasks/<id[0..3]>/<id>/data`) when this process can
+/// read it — checked against the digest the daemon reported for a piece, so a file that is not the daemon's is
+/// never used — and otherwise through the Local service's `ReadTask` stream. A file output (a regular file, a
+/// new path, a symlink's target) is written to an anonymous temporary beside it once the task is in the cache,
+/// verified against `--digest`, then renamed over the destination; so a `get` that is interrupted, times out or
+/// is killed never changes the destination. Standard output, a device, a FIFO or a socket is written through in
+/// order as pieces land (after the whole range is verified, with `--digest`).
 ///
 /// ```swift
 /// let download = DaemonDownload(
@@ -54,7 +64,13 @@ package final class DaemonDownload: Sendable {
         self.outputDescriptor = outputDescriptor
     }
 
-    /// Whether any byte has reached standard output (after which a retry elsewhere would corrupt the stream).
+    /// Opens the output of `kind` (on the thread pool: opening a FIFO waits for its reader).
+    private func open(_ kind: OutputKind) async throws(DragonflyError) -> GetOutput {
+        if case .stream(nil) = kind { return GetOutput(streamingTo: outputDescriptor) }
+        return try await blocking { () throws(DragonflyError) in try GetOutput(kind: kind) }
+    }
+
+    /// Whether any byte has reached a streamed output (after which a retry elsewhere would corrupt it).
     package var hasWrittenToStandardOutput: Bool { wroteOutput.load(ordering: .relaxed) }
 
     /// Runs the download; `progress` is called for every report of the daemon, in order.
@@ -66,15 +82,26 @@ package final class DaemonDownload: Sendable {
     ) async throws(DragonflyError) -> DaemonGetResult {
         let clock = ContinuousClock()
         let started = clock.now
+        let kind = try OutputKind.classify(request.output)
         let final: DaemonDownloadProgress
         let outputBytes: Int64
-        if request.output != nil {
-            final = try await client.download(request, priority: priority) { progress($0) }
-            outputBytes = Self.outputLength(range: request.range, contentLength: final.contentLength)
-        } else if request.digest == nil, let dataDirectory {
-            (final, outputBytes) = try await streamFromDataFile(dataDirectory: dataDirectory, progress: progress)
+        if case .stream = kind, request.digest == nil, let dataDirectory {
+            (final, outputBytes) = try await streamFromDataFile(
+                kind: kind, dataDirectory: dataDirectory, progress: progress)
+            // Nothing was written for a range beyond the end; it still fails.
+            if let length = final.contentLength { try request.checkRange(contentLength: length) }
         } else {
-            (final, outputBytes) = try await streamTemporaryOutput(progress: progress)
+            let seen = Mutex<DaemonPiece?>(nil)
+            var cacheOnly = request
+            cacheOnly.output = nil
+            final = try await client.download(cacheOnly, priority: priority) { report in
+                if let piece = report.piece, piece.digest.hasPrefix("sha256:") {
+                    seen.withLock { if $0 == nil { $0 = piece } }
+                }
+                progress(report)
+            }
+            outputBytes = try await writeFromCache(
+                kind: kind, final: final, knownPiece: seen.withLock { $0 }, output: nil)
         }
         let summary = GetSummary(
             taskID: request.taskID,
@@ -95,22 +122,175 @@ package final class DaemonDownload: Sendable {
         return max(end - range.start, 0)
     }
 
+    /// The bytes of the task to output, once its length is known.
+    private func outputRange(contentLength: Int64) -> Range<Int64> {
+        let start = min(request.range?.start ?? 0, contentLength)
+        return start..<(start + Self.outputLength(range: request.range, contentLength: contentLength))
+    }
+
+    /// Writes the output from the daemon's cache, where every byte of the range now is: from its data file when
+    /// it can be read and holds the daemon's bytes, else through `ReadTask`.
+    ///
+    /// - Parameters:
+    ///   - knownPiece: A piece with its digest, to recognise the daemon's data file by.
+    ///   - output: An output already opened (a stream that a data-file streamer could not feed).
+    private func writeFromCache(
+        kind: OutputKind,
+        final: DaemonDownloadProgress,
+        knownPiece: DaemonPiece?,
+        output opened: GetOutput?
+    ) async throws(DragonflyError) -> Int64 {
+        guard let contentLength = final.contentLength else {
+            throw DragonflyError(code: .internalError, message: "the daemon did not report the length of the task")
+        }
+        try request.checkRange(contentLength: contentLength)
+        let range = outputRange(contentLength: contentLength)
+        let dataFile = await openDataFile(knownPiece: knownPiece)
+        defer { if let dataFile { Glibc.close(dataFile.descriptor) } }
+        if case .stream = kind, let digest = request.digest {
+            // Nothing reaches a stream unless the bytes match: hash them first.
+            try await check(range: range, digest: digest, dataFile: dataFile)
+        }
+        let output: GetOutput
+        if let opened {
+            output = opened
+        } else {
+            output = try await open(kind)
+        }
+        defer { output.discard() }
+        let streamed = output.isStream
+        if let dataFile {
+            let job: Int64 = 64 << 20
+            var done: Int64 = 0
+            while done < Int64(range.count) {
+                let count = min(job, Int64(range.count) - done)
+                try await blocking { [done] () throws(DragonflyError) in
+                    try output.copy(
+                        from: dataFile.descriptor, at: range.lowerBound + done, to: done, length: count,
+                        sourcePath: dataFile.path)
+                }
+                if streamed { wroteOutput.store(true, ordering: .relaxed) }
+                done += count
+            }
+        } else if !range.isEmpty {
+            try await client.readTask(taskID: request.taskID, offset: range.lowerBound, length: Int64(range.count)) {
+                offset, data in
+                try await GetOutput.blocking {
+                    try data.withUnsafeBytes { raw in try output.write(raw, at: offset - range.lowerBound) }
+                }
+                if streamed { self.wroteOutput.store(true, ordering: .relaxed) }
+            }
+        }
+        let digest = streamed ? nil : request.digest
+        try await blocking { () throws(DragonflyError) in try output.publish(length: Int64(range.count), digest: digest)
+        }
+        return Int64(range.count)
+    }
+
+    /// Hashes bytes `range` of the task (from the data file or `ReadTask`) and compares them with `digest`.
+    private func check(range: Range<Int64>, digest: FileDigest, dataFile: DataFile?) async throws(DragonflyError) {
+        if let dataFile {
+            let descriptor = dataFile.descriptor
+            try await blocking { () throws(DragonflyError) in
+                // The range starts at 0 of a view of the file: hash through a duplicate positioned at the start.
+                var hasher = digest.makeHasher()
+                var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                var position = range.lowerBound
+                while position < range.upperBound {
+                    let want = Int(min(Int64(buffer.count), range.upperBound - position))
+                    let got = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, want, off_t(position)) }
+                    if got < 0 && errno == EINTR { continue }
+                    guard got > 0 else { throw AtomicFile.posixError("cannot read \(dataFile.path)") }
+                    buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
+                    position += Int64(got)
+                }
+                try Self.compare(hasher.finalize(), digest)
+            }
+            return
+        }
+        let hasher = Mutex(digest.makeHasher())
+        try await client.readTask(taskID: request.taskID, offset: range.lowerBound, length: Int64(range.count)) {
+            _, data in
+            hasher.withLock { state in data.withUnsafeBytes { state.update($0) } }
+        }
+        try Self.compare(hasher.withLock { $0.finalize() }, digest)
+    }
+
+    private static func compare(_ actual: String, _ digest: FileDigest) throws(DragonflyError) {
+        guard actual == digest.hex else {
+            throw DragonflyError(
+                code: .dataLoss,
+                message: "digest mismatch: expected \(digest), got \(digest.algorithm.rawValue):\(actual); "
+                    + "the output was not written")
+        }
+    }
+
+    /// An open data file of the daemon's.
+    private struct DataFile: Sendable {
+        let descriptor: Int32
+        let path: String
+    }
+
+    /// The daemon's data file of the task, when it can be read and `knownPiece` (or, without one, the first
+    /// piece the daemon's `StatTask` reports) matches its digest in it; nil otherwise.
+    private func openDataFile(knownPiece: DaemonPiece?) async -> DataFile? {
+        guard let dataDirectory else { return nil }
+        var piece = knownPiece
+        if piece == nil {
+            piece = (try? await client.stat(taskID: request.taskID, askScheduler: false))?.local?.firstPiece
+        }
+        guard let piece, piece.digest.hasPrefix("sha256:") else { return nil }
+        let id = request.taskID.rawValue
+        let path = "\(dataDirectory)/tasks/\(id.prefix(3))/\(id)/data"
+        return try? await blocking { () throws(DragonflyError) -> DataFile? in
+            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { return nil }
+            var bytes = [UInt8](repeating: 0, count: Int(piece.length))
+            let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(piece.offset)) }
+            var hasher = FileHasher(.sha256)
+            if got == bytes.count { bytes.withUnsafeBytes { hasher.update($0) } }
+            guard got == bytes.count, "sha256:" + hasher.finalize() == piece.digest else {
+                Glibc.close(fd)
+                return nil
+            }
+            return DataFile(descriptor: fd, path: path)
+        }
+    }
+
+    /// Runs blocking file work on the thread pool.
+    private func blocking<Value: Sendable>(
+        _ body: @escaping @Sendable () throws(DragonflyError) -> Value
+    ) async throws(DragonflyError) -> Value {
+        do {
+            return try await GetOutput.blocking { try body() }
+        } catch {
+            throw DragonflyError(converting: error)
+        }
+    }
+
     private func streamFromDataFile(
+        kind: OutputKind,
         dataDirectory: String,
         progress: @escaping @Sendable (DaemonDownloadProgress) -> Void
     ) async throws(DragonflyError) -> (DaemonDownloadProgress, Int64) {
+        let output = try await open(kind)
+        defer { output.discard() }
         let id = request.taskID.rawValue
         let streamer = LockedDataFileStreamer(
             DataFileStreamer(
                 path: "\(dataDirectory)/tasks/\(id.prefix(3))/\(id)/data",
                 start: request.range?.start ?? 0,
                 requestedEnd: request.range?.length.map { (request.range?.start ?? 0) + $0 },
-                output: outputDescriptor
+                output: output
             ))
         defer { streamer.state.withLock { $0.close() } }
         var cacheOnly = request
         cacheOnly.output = nil
+        let seen = Mutex<DaemonPiece?>(nil)
         let final = try await client.download(cacheOnly, priority: priority) { report in
+            if let piece = report.piece, piece.digest.hasPrefix("sha256:") {
+                seen.withLock { if $0 == nil { $0 = piece } }
+            }
             progress(report)
             try streamer.state.withLock { state throws(DragonflyError) in
                 try state.advance(with: report) { self.wroteOutput.store(true, ordering: .relaxed) }
@@ -121,51 +301,10 @@ package final class DaemonDownload: Sendable {
             return state.isStreaming ? state.written : nil
         }
         if let streamed { return (final, streamed) }
-        // The data file could not be used and nothing was written: the task is in the daemon's cache now, so
-        // the export below is quick.
-        return try await streamTemporaryOutput(progress: progress)
-    }
-
-    private func streamTemporaryOutput(
-        progress: @escaping @Sendable (DaemonDownloadProgress) -> Void
-    ) async throws(DragonflyError) -> (DaemonDownloadProgress, Int64) {
-        let directory = try Self.makeTemporaryDirectory()
-        let path = directory + "/output"
-        defer {
-            unlink(path)
-            rmdir(directory)
-        }
-        var exported = request
-        exported.output = path
-        let final = try await client.download(exported, priority: priority) { progress($0) }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw AtomicFile.posixError("cannot read the daemon's output \(path)")
-        }
-        defer { close(fd) }
-        var total: Int64 = 0
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw AtomicFile.posixError("cannot read the daemon's output \(path)") }
-            if n == 0 { break }
-            try OutputWriter.write(buffer[0..<n], to: outputDescriptor)
-            wroteOutput.store(true, ordering: .relaxed)
-            total += Int64(n)
-        }
-        return (final, total)
-    }
-
-    /// A private directory under `$TMPDIR` (or `/tmp`) for the daemon's temporary output.
-    static func makeTemporaryDirectory() throws(DragonflyError) -> String {
-        let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        var template = Array("\(base)/dragonfly-get-XXXXXX".utf8CString)
-        let created = template.withUnsafeMutableBufferPointer { buffer in
-            buffer.baseAddress.map { mkdtemp($0) != nil } ?? false
-        }
-        guard created else { throw AtomicFile.posixError("cannot create a temporary directory in \(base)") }
-        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // The data file could not be used and nothing was written: read the cache through the daemon.
+        let written = try await writeFromCache(
+            kind: kind, final: final, knownPiece: seen.withLock { $0 }, output: output)
+        return (final, written)
     }
 }
 
@@ -178,8 +317,8 @@ final class LockedDataFileStreamer: Sendable {
 /// Writes the landed prefix of a task from the daemon's data file to standard output, in order.
 struct DataFileStreamer {
     let path: String
-    /// Where the bytes go (standard output).
-    let output: Int32
+    /// Where the bytes go (standard output, a device, a FIFO).
+    let output: GetOutput
     /// First byte to write.
     let start: Int64
     /// End (exclusive) asked for by the range, if any.
@@ -195,7 +334,7 @@ struct DataFileStreamer {
     /// False once the data file proved unusable before anything was written.
     private(set) var isStreaming = true
 
-    init(path: String, start: Int64, requestedEnd: Int64?, output: Int32) {
+    init(path: String, start: Int64, requestedEnd: Int64?, output: GetOutput) {
         self.path = path
         self.output = output
         self.start = start
@@ -240,7 +379,8 @@ struct DataFileStreamer {
         guard let end else {
             throw DragonflyError(code: .internalError, message: "the daemon did not report the length of the task")
         }
-        while next < end {
+        // `write(span:)` turns streaming off (writing nothing) when the data file cannot be opened.
+        while isStreaming, next < end {
             let chunk = min(end - next, 1 << 20)
             try write(span: DaemonPiece(number: -1, offset: next, length: chunk), upTo: next + chunk, wrote: wrote)
         }
@@ -283,7 +423,7 @@ struct DataFileStreamer {
             hasVerified = true
             let from = Int(next - piece.offset)
             let to = Int(stop - piece.offset)
-            try OutputWriter.write(whole[from..<to], to: output)
+            try emit(whole[from..<to])
             wrote()
             next = stop
             return
@@ -300,10 +440,23 @@ struct DataFileStreamer {
                 throw DragonflyError(
                     code: .internalError, message: "the daemon's data file \(path) ends before byte \(next)")
             }
-            try OutputWriter.write(bytes[...], to: output)
+            try emit(bytes[...])
             wrote()
             next += Int64(bytes.count)
         }
+    }
+
+    /// Writes `bytes` to the output at the stream position.
+    private func emit(_ bytes: ArraySlice<UInt8>) throws(DragonflyError) {
+        let failure = bytes.withUnsafeBytes { raw -> DragonflyError? in
+            do {
+                try output.write(raw, at: next - start)
+                return nil
+            } catch {
+                return DragonflyError(converting: error)
+            }
+        }
+        if let failure { throw failure }
     }
 
     private func read(offset: Int64, count: Int) throws(DragonflyError) -> [UInt8] {
@@ -321,23 +474,5 @@ struct DataFileStreamer {
         }
         bytes.removeLast(count - done)
         return bytes
-    }
-}
-
-/// Unbuffered, complete writes to a file descriptor (standard output).
-enum OutputWriter {
-    static func write(_ bytes: ArraySlice<UInt8>, to descriptor: Int32) throws(DragonflyError) {
-        let failure: DragonflyError? = bytes.withUnsafeBytes { raw in
-            guard let base = raw.baseAddress else { return nil }
-            var offset = 0
-            while offset < raw.count {
-                let n = Glibc.write(descriptor, base + offset, raw.count - offset)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { return AtomicFile.posixError("cannot write to standard output") }
-                offset += n
-            }
-            return nil
-        }
-        if let failure { throw failure }
     }
 }

@@ -7,7 +7,8 @@ import Foundation
 #endif
 
 /// The public face of the `DragonflyClient` library: download a URL through the local `dragonfly daemon`, which
-/// fetches it P2P, verifies every piece and writes the file atomically.
+/// fetches it P2P and verifies every piece into its cache; this process then writes the file atomically, as its
+/// own user (the daemon never writes a caller's file).
 ///
 /// ```swift
 /// import DragonflyClient
@@ -61,9 +62,15 @@ public struct Downloader: Sendable {
         } catch {
             throw DownloaderError(message: error.message, isDaemonUnavailable: false)
         }
+        let output: String
+        do {
+            output = try DaemonClient.absolutePath(outputPath)
+        } catch {
+            throw DownloaderError(message: error.message, isDaemonUnavailable: false)
+        }
         let request = GetRequest(
             url: url,
-            output: outputPath,
+            output: output,
             digest: digest,
             headers: options.headers.sorted { $0.key < $1.key }.map { HeaderField(name: $0.key, value: $0.value) },
             tag: options.tag,
@@ -71,13 +78,13 @@ public struct Downloader: Sendable {
             disableBackToSource: options.disableBackToSource
         )
         do {
-            let final = try await DaemonClient(socketPath: socketPath).download(request) { report in
-                progress(DownloadProgress(report))
-            }
+            let download = DaemonDownload(
+                request: request, client: DaemonClient(socketPath: socketPath), dataDirectory: nil)
+            let result = try await download.run { report in progress(DownloadProgress(report)) }
             return DownloadResult(
-                taskID: final.taskID, contentLength: final.contentLength ?? final.bytesDownloaded,
-                bytesFromPeers: final.bytesFromPeers, bytesFromOrigin: final.bytesFromOrigin,
-                bytesFromCache: final.bytesFromLocal)
+                taskID: result.summary.taskID.rawValue, contentLength: result.summary.contentLength,
+                bytesFromPeers: result.peerBytes, bytesFromOrigin: result.summary.originBytes,
+                bytesFromCache: result.summary.cachedBytes)
         } catch {
             throw DownloaderError(message: error.message, isDaemonUnavailable: DaemonClient.isDaemonUnavailable(error))
         }

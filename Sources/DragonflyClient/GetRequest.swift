@@ -53,6 +53,16 @@ package struct GetRequest: Sendable {
         self.disableBackToSource = disableBackToSource
     }
 
+    /// Refuses a `--range` that starts at or beyond the end of an object of `contentLength` bytes, as the origin
+    /// would (DESIGN §15: exit 1 naming 416).
+    package func checkRange(contentLength: Int64) throws(DragonflyError) {
+        guard let range, range.start >= contentLength, range.start > 0 || contentLength > 0 else { return }
+        throw DragonflyError(
+            code: .originError,
+            message: "range \(range.start)- is beyond the end of \(Redaction.url(url)) (\(contentLength) bytes): "
+                + "416 Range Not Satisfiable")
+    }
+
     /// The task this request reads.
     package var taskID: TaskID {
         TaskID.make(

@@ -39,6 +39,7 @@ package struct OriginDownload: Sendable {
         var logger = logger
         logger[metadataKey: "df.task.id"] = "\(taskID)"
 
+        let kind = try OutputKind.classify(request.output)
         let sourceRequest = SourceRequest(url: request.url, headers: request.headers, timeout: request.timeout)
         let held = store.taskInfo(taskID: taskID)
         let contentLength: Int64
@@ -49,6 +50,7 @@ package struct OriginDownload: Sendable {
         if let held, held.isFinished, let length = held.contentLength {
             // Step 1 of DESIGN §6: a complete task in local storage is exported without touching the origin.
             logger.debug("task complete in local storage")
+            try request.checkRange(contentLength: length)
             contentLength = length
             cachedBytes = length
             progress(GetProgress(completedBytes: length, totalBytes: length, cachedBytes: length))
@@ -123,11 +125,15 @@ package struct OriginDownload: Sendable {
                             pieceLanded(number)
                         }
                     }
-                    if request.output == nil, request.digest == nil, let length = metadata.contentLength {
-                        // `-O -` without a digest: write each piece as soon as it and all before it are held.
+                    if case .stream = kind, request.digest == nil, let length = metadata.contentLength {
+                        // A stream (`-O -`, a device, a FIFO) without a digest: write each piece as soon as it and
+                        // all before it are held.
                         let range = outputRange(contentLength: length) ?? 0..<length
+                        let output = try await GetOutput.blocking { try GetOutput(kind: kind) }
+                        defer { output.discard() }
                         summary = try await streamToStandardOutput(
-                            range: range, contentLength: length, pieceLength: pieceLength, fetch: fetch)
+                            range: range, contentLength: length, pieceLength: pieceLength, output: output,
+                            fetch: fetch)
                         streamedBytes = Int64(range.count)
                     } else {
                         summary = try await fetch { _ in }
@@ -155,7 +161,7 @@ package struct OriginDownload: Sendable {
         if let streamedBytes {
             outputBytes = streamedBytes
         } else {
-            outputBytes = try await writeOutput(taskID: taskID, contentLength: contentLength)
+            outputBytes = try await writeOutput(taskID: taskID, contentLength: contentLength, kind: kind)
         }
         return GetSummary(
             taskID: taskID,
@@ -174,6 +180,7 @@ package struct OriginDownload: Sendable {
         range: Range<Int64>,
         contentLength: Int64,
         pieceLength: Int64,
+        output: GetOutput,
         fetch: @escaping @Sendable (@escaping @Sendable (Int) -> Void) async throws -> PieceFetchSummary
     ) async throws -> PieceFetchSummary {
         let taskID = request.taskID
@@ -193,8 +200,12 @@ package struct OriginDownload: Sendable {
                     if ready.remove(next) != nil || store.hasPiece(taskID: taskID, number: next) {
                         let start = max(Int64(next) * pieceLength, range.lowerBound)
                         let end = min(Int64(next + 1) * pieceLength, range.upperBound)
+                        var position = start - range.lowerBound
                         try await store.readRange(taskID: taskID, range: start..<end) { buffer in
-                            try StandardOutput.write(buffer)
+                            try await GetOutput.blocking { [position] in
+                                try buffer.withUnsafeReadableBytes { raw in try output.write(raw, at: position) }
+                            }
+                            position += Int64(buffer.readableBytes)
                         }
                         next += 1
                     } else if let number = await iterator.next() {
@@ -233,17 +244,12 @@ package struct OriginDownload: Sendable {
         return range.start..<max(end, range.start)
     }
 
-    /// Writes the output: an atomic export to a path, or an in-order stream to standard output.
-    private func writeOutput(taskID: TaskID, contentLength: Int64) async throws -> Int64 {
+    /// Writes the output with ``GetOutput`` (the writer `get` through the daemon uses too): a file is replaced
+    /// atomically once complete and verified; a stream gets the bytes in order, after they were verified.
+    private func writeOutput(taskID: TaskID, contentLength: Int64, kind: OutputKind) async throws -> Int64 {
         let range = outputRange(contentLength: contentLength) ?? 0..<contentLength
-        if let output = request.output {
-            if request.range == nil {
-                return try await store.export(taskID: taskID, to: output, verify: request.digest)
-            }
-            return try await store.export(taskID: taskID, range: range, to: output, verify: request.digest)
-        }
-        if let digest = request.digest {
-            // Nothing reaches stdout unless the bytes match: hash them first, then stream.
+        if case .stream = kind, let digest = request.digest {
+            // Nothing reaches a stream unless the bytes match: hash them first, then stream.
             var hasher = digest.makeHasher()
             try await store.readRange(taskID: taskID, range: range) { buffer in
                 buffer.withUnsafeReadableBytes { hasher.update($0) }
@@ -253,29 +259,15 @@ package struct OriginDownload: Sendable {
                 throw DragonflyError(
                     code: .dataLoss,
                     message:
-                        "digest mismatch for \(request.url): expected \(digest), got \(digest.algorithm.rawValue):\(actual)"
+                        "digest mismatch for \(Redaction.url(request.url)): expected \(digest), got \(digest.algorithm.rawValue):\(actual)"
                 )
             }
         }
-        try await store.readRange(taskID: taskID, range: range) { buffer in
-            try StandardOutput.write(buffer)
-        }
+        let output = try await GetOutput.blocking { try GetOutput(kind: kind) }
+        defer { output.discard() }
+        try await store.write(taskID: taskID, range: range, into: output)
+        let digest = output.isStream ? nil : request.digest
+        try await GetOutput.blocking { try output.publish(length: Int64(range.count), digest: digest) }
         return Int64(range.count)
-    }
-}
-
-/// Unbuffered writes to standard output for `-O -`.
-enum StandardOutput {
-    static func write(_ buffer: ByteBuffer) throws {
-        try buffer.withUnsafeReadableBytes { raw in
-            guard let base = raw.baseAddress else { return }
-            var offset = 0
-            while offset < raw.count {
-                let n = Glibc.write(1, base + offset, raw.count - offset)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw AtomicFile.posixError("cannot write to standard output") }
-                offset += n
-            }
-        }
     }
 }

@@ -373,3 +373,270 @@ final class ExportFile: Sendable {
         discard()
     }
 }
+
+/// Where `dragonfly get` writes its output (DESIGN §15 `-O`), decided from the path before anything is written.
+package enum OutputKind: Sendable, Hashable {
+    /// A regular file or a new path (after following symlinks): a new file is written beside it and renamed
+    /// over it once complete and verified. A symlink stays: `path` is its final target.
+    case replace(path: String)
+    /// Standard output (`path` nil), a character or block device, a FIFO or a socket: the bytes are written
+    /// through in order; the file itself is never unlinked or renamed over.
+    case stream(path: String?)
+
+    /// Classifies `destination` (nil: standard output), following symlinks (at most 40) to the file they name.
+    /// Blocking (a few `lstat`/`readlink` calls).
+    ///
+    /// - Throws: `.usage` when the destination (or a link's target) is a directory, `.notFound` when its
+    ///   directory does not exist, `.usage` for a symlink loop.
+    package static func classify(_ destination: String?) throws(DragonflyError) -> OutputKind {
+        guard var path = destination else { return .stream(path: nil) }
+        for _ in 0..<40 {
+            var info = stat()
+            guard lstat(path, &info) == 0 else {
+                guard errno == ENOENT else { throw POSIX.error("cannot inspect the output \(path)") }
+                let slash = path.lastIndex(of: "/")
+                let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+                guard let parent = POSIX.status(directory), POSIX.isDirectory(parent) else {
+                    throw DragonflyError(code: .notFound, message: "output directory \(directory) does not exist")
+                }
+                return .replace(path: path)
+            }
+            switch info.st_mode & S_IFMT {
+            case S_IFREG:
+                return .replace(path: path)
+            case S_IFDIR:
+                throw DragonflyError(code: .usage, message: "-O \(path) is a directory; name the output file")
+            case S_IFLNK:
+                var buffer = [CChar](repeating: 0, count: 4097)
+                let count = readlink(path, &buffer, 4096)
+                guard count > 0 else { throw POSIX.error("cannot read the symlink \(path)") }
+                let target = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if target.hasPrefix("/") {
+                    path = target
+                } else {
+                    let slash = path.lastIndex(of: "/")
+                    path = (slash.map { String(path[...$0]) } ?? "") + target
+                }
+            default:
+                return .stream(path: path)
+            }
+        }
+        throw DragonflyError(code: .usage, message: "-O \(destination ?? "-"): too many levels of symbolic links")
+    }
+}
+
+/// The output of one `dragonfly get`, written by the `get` process as the calling user — whether the bytes
+/// come from its own cache (`--no-daemon`), from the daemon's data file, or from the daemon's `ReadTask`
+/// stream. A ``OutputKind/replace(path:)`` output is an anonymous `O_TMPFILE` beside the destination that
+/// ``publish(length:digest:)`` verifies and renames over it; a ``OutputKind/stream(path:)`` output is written
+/// through in order. Until ``publish(length:digest:)`` nothing at the destination changes (for a stream, the
+/// caller verifies a digest before writing the first byte). Blocking methods: call them on the thread pool.
+package final class GetOutput: Sendable {
+    package let kind: OutputKind
+    private let file: ExportFile?
+    private let descriptor: CInt
+    private let closesDescriptor: Bool
+    private let closed = Mutex(false)
+
+    /// Opens the output. For a FIFO this waits until a reader opens it.
+    package init(kind: OutputKind) throws(DragonflyError) {
+        self.kind = kind
+        switch kind {
+        case .replace(let path):
+            let file = try ExportFile(target: ExportTarget(destination: path))
+            self.file = file
+            descriptor = file.descriptor
+            closesDescriptor = false
+        case .stream(nil):
+            file = nil
+            descriptor = 1
+            closesDescriptor = false
+        case .stream(let path?):
+            file = nil
+            descriptor = try Self.openStream(path)
+            closesDescriptor = true
+        }
+    }
+
+    /// A stream to a descriptor the caller owns (standard output, or a test's file): never closed here.
+    package init(streamingTo descriptor: CInt) {
+        kind = .stream(path: nil)
+        file = nil
+        self.descriptor = descriptor
+        closesDescriptor = false
+    }
+
+    /// A device or FIFO opened for writing (no truncation, no creation), or a unix socket connected to.
+    private static func openStream(_ path: String) throws(DragonflyError) -> CInt {
+        let fd = POSIX.open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY)
+        if fd >= 0 { return fd }
+        guard errno == ENXIO, let info = POSIX.status(path), (info.st_mode & S_IFMT) == S_IFSOCK else {
+            throw POSIX.error("cannot open the output \(path)")
+        }
+        let socketFD = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard socketFD >= 0 else { throw POSIX.error("cannot connect to the output socket \(path)") }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            POSIX.close(socketFD)
+            throw DragonflyError(code: .usage, message: "the output socket path \(path) is too long")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(socketFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            let failure = POSIX.error("cannot connect to the output socket \(path)")
+            POSIX.close(socketFD)
+            throw failure
+        }
+        return socketFD
+    }
+
+    /// Whether bytes are written through in order (no verification after the fact is possible).
+    package var isStream: Bool { file == nil }
+
+    /// Writes `bytes` at `offset` of the output (a stream ignores `offset`: the caller writes in order).
+    package func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(DragonflyError) {
+        if file != nil {
+            try POSIX.writeAll(descriptor, bytes, at: offset, path: "the output file")
+            return
+        }
+        guard let base = bytes.baseAddress else { return }
+        var done = 0
+        while done < bytes.count {
+            let n = Glibc.write(descriptor, base + done, bytes.count - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw POSIX.error("cannot write the output") }
+            done += n
+        }
+    }
+
+    /// Copies `length` bytes at `sourceOffset` of `source` to `offset` of the output (`copy_file_range` into a
+    /// replacing output).
+    package func copy(
+        from source: CInt, at sourceOffset: Int64, to offset: Int64, length: Int64, sourcePath: String
+    ) throws(DragonflyError) {
+        if file != nil {
+            try POSIX.copyRange(
+                from: source, at: sourceOffset, to: descriptor, at: offset, length: length, path: sourcePath)
+            return
+        }
+        let chunk = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
+        defer { buffer.deallocate() }
+        var done: Int64 = 0
+        while done < length {
+            let want = Int(min(Int64(chunk), length - done))
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want])
+            let got = try POSIX.readFully(source, into: slice, at: sourceOffset + done, path: sourcePath)
+            guard got == want else {
+                throw DragonflyError(code: .dataLoss, message: "\(sourcePath) ends before byte \(sourceOffset + done)")
+            }
+            try write(UnsafeRawBufferPointer(slice), at: offset + done)
+            done += Int64(got)
+        }
+    }
+
+    /// Finishes the output: a replacing output is synced, checked to hold `length` bytes matching `digest`
+    /// (if any), and renamed over the destination; a stream has nothing left to do.
+    package func publish(length: Int64, digest: FileDigest?) throws(DragonflyError) {
+        guard let file else { return }
+        try file.sync()
+        if let digest {
+            try Self.check(descriptor: descriptor, length: length, digest: digest, name: file.target.destination)
+        }
+        try file.publish()
+    }
+
+    /// Hashes `length` bytes of `descriptor` from its start and compares them with `digest`.
+    package static func check(descriptor: CInt, length: Int64, digest: FileDigest, name: String)
+        throws(DragonflyError)
+    {
+        var hasher = digest.makeHasher()
+        let chunk = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
+        defer { buffer.deallocate() }
+        var position: Int64 = 0
+        while position < length {
+            let want = Int(min(Int64(chunk), length - position))
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want])
+            let got = try POSIX.readFully(descriptor, into: slice, at: position, path: name)
+            guard got == want else {
+                throw DragonflyError(code: .dataLoss, message: "\(name) is shorter than \(length) bytes")
+            }
+            hasher.update(UnsafeRawBufferPointer(slice))
+            position += Int64(got)
+        }
+        let actual = hasher.finalize()
+        guard actual == digest.hex else {
+            throw DragonflyError(
+                code: .dataLoss,
+                message: "digest mismatch for \(name): expected \(digest), got \(digest.algorithm.rawValue):\(actual); "
+                    + "the output was not written")
+        }
+    }
+
+    /// Closes the output; an unpublished replacing output vanishes and the destination stays as it was.
+    package func discard() {
+        file?.discard()
+        let wasClosed = closed.withLock { state in
+            defer { state = true }
+            return state
+        }
+        if closesDescriptor, !wasClosed { POSIX.close(descriptor) }
+    }
+
+    deinit {
+        discard()
+    }
+}
+
+extension PieceStore {
+    /// Writes bytes `range` of the task into `output` at offset 0 (from the data file with `copy_file_range`
+    /// where the medium has one); every piece the range touches must be held. Does not publish.
+    package func write(taskID id: TaskID, range: Range<Int64>, into output: GetOutput) async throws {
+        if output.isStream || fileMedium == nil {
+            var written: Int64 = 0
+            try await readRange(taskID: id, range: range) { buffer in
+                try await threadPool.runIfActive { [written] in
+                    try buffer.withUnsafeReadableBytes { raw in try output.write(raw, at: written) }
+                }
+                written += Int64(buffer.readableBytes)
+            }
+            return
+        }
+        guard let fileMedium, !range.isEmpty else { return }
+        let metadata = try beginOperation(id)
+        defer { endOperation(id) }
+        if let gap = Self.firstGap(in: metadata, range: range) {
+            throw DragonflyError(code: .failedPrecondition, message: "piece \(gap) of task \(id) is not held")
+        }
+        let dataPath = fileMedium.dataFilePath(taskID: id)
+        let job: Int64 = 64 << 20
+        try await fileMedium.withDataFile(taskID: id) { descriptor in
+            var done: Int64 = 0
+            while done < Int64(range.count) {
+                let count = min(job, Int64(range.count) - done)
+                try await threadPool.runIfActive { [done] in
+                    try output.copy(
+                        from: descriptor, at: range.lowerBound + done, to: done, length: count, sourcePath: dataPath)
+                }
+                done += count
+            }
+        }
+    }
+}
+
+extension GetOutput {
+    /// Runs blocking work of an output (opening, writing, publishing) on NIO's thread pool.
+    package static func blocking<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value
+    {
+        try await NIOThreadPool.singleton.runIfActive(body)
+    }
+}

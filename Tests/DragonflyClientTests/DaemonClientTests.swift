@@ -33,6 +33,14 @@ struct ScriptedLocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
 
     let behaviour: Behaviour
     let received = Received()
+    /// `ReadTask` calls received.
+    let readRequests = Counter()
+
+    /// A shared count.
+    final class Counter: Sendable {
+        let value = Mutex(0)
+        func withLock<Value>(_ body: (inout Int) -> Value) -> Value { value.withLock { body(&$0) } }
+    }
 
     func downloadTask(
         request: Dragonfly_V1_DownloadTaskRequest,
@@ -142,7 +150,20 @@ struct ScriptedLocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
         request: Dragonfly_V1_ReadTaskRequest, response: RPCWriter<Dragonfly_V1_ReadTaskChunk>,
         context: ServerContext
     ) async throws {
-        throw RPCError(code: .unimplemented, message: "not scripted")
+        readRequests.withLock { $0 += 1 }
+        guard case .serve(let content, _, _, _) = behaviour else {
+            throw RPCError(code: .unimplemented, message: "not scripted")
+        }
+        let start = Int(request.offset)
+        let end = request.hasLength ? min(start + Int(request.length), content.count) : content.count
+        var position = start
+        while position < end {
+            var chunk = Dragonfly_V1_ReadTaskChunk()
+            chunk.offset = UInt64(position)
+            chunk.data = Data(content[position..<min(position + (1 << 20), end)])
+            try await response.write(chunk)
+            position += chunk.data.count
+        }
     }
 }
 
@@ -218,8 +239,8 @@ struct DaemonClientTests {
         )
         let download = try DaemonClient.makeDownload(request, priority: 3)
         #expect(download.url == request.url)
-        #expect(download.outputPath.hasPrefix("/") && download.outputPath.hasSuffix("/relative/out.bin"))
-        #expect(download.outputPath == FileManager.default.currentDirectoryPath + "/relative/out.bin")
+        // The daemon never writes a caller's file: the output is not sent.
+        #expect(!download.hasOutputPath)
         #expect(download.digest == "sha256:" + String(repeating: "ab", count: 32))
         #expect(download.range.start == 10 && download.range.length == 20)
         #expect(download.tag == "t" && download.application == "app")
@@ -239,7 +260,7 @@ struct DaemonClientTests {
         #expect(throws: DragonflyError.self) { try DaemonClient.makeDownload(request, priority: 7) }
     }
 
-    @Test func downloadReportsProgressAndTheDaemonWritesTheOutput() async throws {
+    @Test func downloadReportsProgressAndTheClientWritesTheOutput() async throws {
         try await withTemporaryDirectory { dir in
             let content = Self.bytes(10 << 20)
             let service = ScriptedLocalService(
@@ -247,16 +268,22 @@ struct DaemonClientTests {
                     content: content, pieceLength: 4 << 20, dataDirectory: dir.appending("data"), order: [0, 1, 2]))
             let reports = Mutex<[DaemonDownloadProgress]>([])
             let out = dir.appending("out.bin")
-            let final = try await Self.withLocalService(service, in: dir) { client in
-                try await client.download(GetRequest(url: "http://origin/f.bin", output: out)) { report in
+            let result = try await Self.withLocalService(service, in: dir) { client in
+                try await DaemonDownload(
+                    request: GetRequest(url: "http://origin/f.bin", output: out), client: client,
+                    dataDirectory: dir.appending("data")
+                ).run { report in
                     reports.withLock { $0.append(report) }
                 }
             }
-            #expect(final.isDone && final.contentLength == Int64(content.count))
-            #expect(final.bytesFromPeers == Int64(content.count))
+            #expect(result.summary.contentLength == Int64(content.count))
+            #expect(result.peerBytes == Int64(content.count))
             #expect(reports.withLock { $0.compactMap(\.piece?.number) } == [0, 1, 2])
             #expect(reports.withLock { $0.last?.isDone } == true)
             #expect(FileManager.default.contents(atPath: out).map(Array.init) == content)
+            // The daemon was asked only to fill its cache; the file came from its data file, not from ReadTask.
+            #expect(service.received.withLock { $0.map(\.hasOutputPath) } == [false])
+            #expect(service.readRequests.withLock { $0 } == 0)
         }
     }
 
@@ -334,7 +361,7 @@ struct DaemonClientTests {
         }
     }
 
-    @Test func standardOutputFallsBackToATemporaryOutputWhenTheDataFileIsUnreadable() async throws {
+    @Test func standardOutputFallsBackToReadTaskWhenTheDataFileIsUnreadable() async throws {
         try await withTemporaryDirectory { dir in
             let content = Self.bytes(6 << 20)
             let service = ScriptedLocalService(
@@ -352,12 +379,9 @@ struct DaemonClientTests {
             }
             #expect(written == content)
             #expect(result.summary.outputBytes == Int64(content.count))
-            let received = service.received.withLock { $0 }
-            #expect(received.map(\.hasOutputPath) == [false, true])
-            // The temporary output is gone afterwards.
-            let temporary = try #require(received.last?.outputPath)
-            #expect(!FileManager.default.fileExists(atPath: temporary))
-            #expect(!FileManager.default.fileExists(atPath: (temporary as NSString).deletingLastPathComponent))
+            // The daemon only filled its cache; the bytes came through ReadTask and no file was asked for.
+            #expect(service.received.withLock { $0.map(\.hasOutputPath) } == [false])
+            #expect(service.readRequests.withLock { $0 } == 1)
         }
     }
 
@@ -377,7 +401,7 @@ struct DaemonClientTests {
             }
             #expect(written == content)
             let received = service.received.withLock { $0 }
-            #expect(received.count == 1 && received.first?.hasOutputPath == true && received.first?.digest == digest)
+            #expect(received.count == 1 && received.first?.hasOutputPath == false && received.first?.digest == digest)
         }
     }
 }

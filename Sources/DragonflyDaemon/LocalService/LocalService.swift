@@ -4,6 +4,7 @@ import DragonflyRPC
 package import DragonflyStorage
 package import GRPCCore
 package import Logging
+import NIOCore
 package import SwiftProtobuf
 
 #if canImport(FoundationEssentials)
@@ -12,8 +13,10 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// The Local service (DESIGN §5), served on the daemon's unix socket only: it can write files as the daemon's
-/// user, so it is never exposed on TCP. `get`, the SDK and the proxy use it.
+/// The Local service (DESIGN §5), served on the daemon's unix socket only (never on TCP). `get` and the SDK use
+/// it to fill the daemon's cache and read it back; the daemon never writes a file a caller names (a request
+/// with `output_path` is refused: `dragonfly get` writes its own output as its own user) and never reads a
+/// local path for a caller (`file://` is refused: `get` reads it itself).
 package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
     let downloader: any TaskDownloading
     let store: PieceStore
@@ -40,6 +43,7 @@ package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
     ) async throws {
         try await tracked {
             try await rpcErrors {
+                try Self.checkCallerRequest(request.download)
                 let final = try await downloader.download(request.download) { progress in
                     guard !progress.done else { return }
                     try? await response.write(progress)
@@ -103,27 +107,59 @@ package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
         request: Dragonfly_V1_ExportTaskRequest,
         context: ServerContext
     ) async throws -> Dragonfly_V1_ExportTaskResponse {
+        try await rpcErrors {
+            try Self.checkCallerRequest(request.download)
+            throw DragonflyError(
+                code: .invalidArgument,
+                message: "the daemon never writes files for callers; read the task with ReadTask and write it yourself")
+        }
+    }
+
+    /// Streams bytes of a cached task in order, in chunks of at most 1 MiB, as the response writer takes them
+    /// (so a slow reader holds at most a chunk or two in memory). Only held pieces are read: the stream ends
+    /// with `notFound` at the first piece the cache does not hold.
+    package func readTask(
+        request: Dragonfly_V1_ReadTaskRequest,
+        response: RPCWriter<Dragonfly_V1_ReadTaskChunk>,
+        context: ServerContext
+    ) async throws {
         try await tracked {
             try await rpcErrors {
-                var download = request.download
-                guard download.hasOutputPath else {
-                    throw DragonflyError(code: .invalidArgument, message: "export needs an output path")
+                let taskID = try TaskID.validated(request.taskID)
+                guard let info = store.taskInfo(taskID: taskID) else {
+                    throw DragonflyError(code: .notFound, message: "task \(taskID) is not in the cache")
                 }
-                let taskID = Self.taskID(of: download)
-                guard let info = store.taskInfo(taskID: taskID), info.isFinished else {
-                    throw DragonflyError(code: .notFound, message: "task \(taskID) is not complete in the cache")
+                let start = Int64(clamping: request.offset)
+                var end = request.hasLength ? start &+ Int64(clamping: request.length) : (info.contentLength ?? .max)
+                if end < start { end = .max }
+                if let length = info.contentLength { end = min(end, length) }
+                guard end != .max else {
+                    throw DragonflyError(
+                        code: .failedPrecondition, message: "the length of task \(taskID) is not known yet")
                 }
-                download.disableBackToSource = true
-                _ = try await downloader.download(download) { _ in }
-                var answer = Dragonfly_V1_ExportTaskResponse()
-                if let info = store.taskInfo(taskID: taskID) {
-                    answer.task = Dragonfly_V1_TaskInfo(
-                        stored: info, digests: (try? store.pieceDigests(taskID: info.taskID)) ?? [])
+                guard start <= end else {
+                    throw DragonflyError(
+                        code: .invalidArgument, message: "offset \(start) is beyond the end of task \(taskID)")
                 }
-                return answer
+                var position = start
+                try await store.readRange(taskID: taskID, range: start..<end) { buffer in
+                    var rest = buffer
+                    while rest.readableBytes > 0 {
+                        let count = min(rest.readableBytes, Self.readChunkLimit)
+                        guard let slice = rest.readSlice(length: count) else { break }
+                        var chunk = Dragonfly_V1_ReadTaskChunk()
+                        chunk.offset = UInt64(position)
+                        chunk.data = Data(slice.readableBytesView)
+                        try await response.write(chunk)
+                        position += Int64(count)
+                    }
+                }
             }
         }
     }
+
+    /// The most bytes one `ReadTaskChunk` carries.
+    static let readChunkLimit = 1 << 20
 
     package func listTaskEntries(
         request: Dragonfly_V1_ListTaskEntriesRequest,
@@ -132,14 +168,20 @@ package struct LocalService: Dragonfly_V1_Local.SimpleServiceProtocol {
         throw RPCError(code: .unimplemented, message: "recursive downloads are not supported yet")
     }
 
-    package func readTask(
-        request: Dragonfly_V1_ReadTaskRequest,
-        response: RPCWriter<Dragonfly_V1_ReadTaskChunk>,
-        context: ServerContext
-    ) async throws {
-        // Placeholder until the client-side output writer lands (it streams held bytes to a caller that cannot
-        // read the daemon's data file).
-        throw RPCError(code: .unimplemented, message: "reading task bytes over the socket is not supported yet")
+    /// Refuses what the daemon never does for a caller: writing a path it names (`output_path`), or reading a
+    /// local path (`file://`). Both would act with the daemon's user's rights, not the caller's.
+    static func checkCallerRequest(_ download: Dragonfly_V1_Download) throws(DragonflyError) {
+        if download.hasOutputPath {
+            throw DragonflyError(
+                code: .invalidArgument,
+                message:
+                    "the daemon never writes files for callers; drop output_path (dragonfly get writes its own output)")
+        }
+        if download.url.lowercased().hasPrefix("file:") {
+            throw DragonflyError(
+                code: .invalidArgument,
+                message: "the daemon never reads local files for callers; read file:// URLs in your own process")
+        }
     }
 
     /// The task ID a `Download` names (DESIGN §4).
