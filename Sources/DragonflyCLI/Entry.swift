@@ -21,7 +21,8 @@ package enum DragonflyMain {
             }
             exit(0)
         } catch let error as DragonflyError {
-            writeToStandardError("dragonfly: \(error.description)\n")
+            // The message only: the cause is for logs, and internal code names mean nothing to a person.
+            writeToStandardError("dragonfly: \(Redaction.message(error.message))\n")
             exit(error.code.exitCode)
         } catch let error as ProcessExit {
             exit(error.code)

@@ -50,11 +50,12 @@ struct GetCommand: AsyncParsableCommand {
     @Option(help: "Log level of the logfmt lines on stderr (default: warning).") var logLevel: String?
 
     func validate() throws {
+        try URLArgument.validate(url)
         if let digest {
             do { _ = try FileDigest(parsing: digest) } catch { throw ValidationError("--digest: \(error.message)") }
         }
         for header in headers where HeaderLine.parse(header) == nil {
-            throw ValidationError("-H '\(header.prefix(80))' must be 'Name: value'")
+            throw ValidationError("-H '\(Redaction.headerLine(header))' must be 'Name: value'")
         }
         if let range, ByteRangeArgument.parse(range) == nil {
             throw ValidationError("--range '\(range)' must be START-END (inclusive) or START-")
@@ -82,7 +83,8 @@ struct GetCommand: AsyncParsableCommand {
                 if text.isEmpty || text.hasPrefix("#") { continue }
                 guard let field = HeaderLine.parse(text) else {
                     throw DragonflyError(
-                        code: .usage, message: "--header-file \(headerFile): '\(text.prefix(40))…' is not 'Name: value'"
+                        code: .usage,
+                        message: "--header-file \(headerFile): '\(Redaction.headerLine(text))' is not 'Name: value'"
                     )
                 }
                 fields.append(field)
@@ -118,6 +120,26 @@ struct GetCommand: AsyncParsableCommand {
         )
         let status = await GetRunner.run(request, settings: settings)
         throw ProcessExit(code: status)
+    }
+}
+
+/// The URL argument of `get` and `stat`.
+enum URLArgument {
+    /// Refuses text that is not `scheme://…`, suggesting `http://` when the scheme is missing.
+    static func validate(_ url: String) throws(ValidationError) {
+        guard let separator = url.firstRange(of: "://") else {
+            let shown = Redaction.url(url)
+            throw ValidationError("'\(shown)' is not a URL (no scheme); did you mean http://\(shown)?")
+        }
+        let scheme = url[..<separator.lowerBound]
+        guard let first = scheme.first, first.isLetter,
+            scheme.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "+" || $0 == "-" || $0 == ".") })
+        else {
+            throw ValidationError("'\(Redaction.url(url))' is not a URL: '\(scheme)' is not a scheme")
+        }
+        guard url[separator.upperBound...].contains(where: { $0 != "/" }) || scheme.lowercased() == "file" else {
+            throw ValidationError("'\(Redaction.url(url))' names no host")
+        }
     }
 }
 

@@ -25,6 +25,7 @@ struct StatCommand: AsyncParsableCommand {
     @Option(help: "Local daemon socket.") var socket: String?
 
     func validate() throws {
+        try URLArgument.validate(url)
         if let pieceLength, !PieceMath.isValidFixedPieceLength(pieceLength.bytes) {
             throw ValidationError("--piece-length must be a power of two between 4M and 64M")
         }

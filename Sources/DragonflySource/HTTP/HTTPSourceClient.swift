@@ -7,6 +7,12 @@ import NIOHTTP1
 import NIOSSL
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The `http`/`https` origin adapter (DESIGN §9), built on one shared AsyncHTTPClient `HTTPClient`.
 ///
 /// - `stat` sends `HEAD`; when the origin refuses it (any non-2xx) or gives no length, it asks for the first
@@ -331,7 +337,8 @@ package final class HTTPSourceClient: SourceClient {
         do {
             return try await client.execute(outgoing, deadline: deadline ?? .distantFuture)
         } catch {
-            throw Self.transportError(error, url: request.url, host: parts?.host ?? url, doing: "requesting")
+            let authority = parts.map { parts in parts.port.map { "\(parts.host):\($0)" } ?? parts.host }
+            throw Self.transportError(error, url: request.url, host: authority ?? url, doing: "requesting")
         }
     }
 
@@ -377,11 +384,23 @@ package final class HTTPSourceClient: SourceClient {
                 break
             }
         }
+        if let reason = connectFailure(error) {
+            return DragonflyError(code: .unavailable, message: "cannot connect to \(host): \(reason)", cause: error)
+        }
         return DragonflyError(
             code: .unavailable,
-            message: "origin host \(host) failed while \(activity) \(url): \(error)",
+            message: "origin host \(host) failed while \(activity) \(Redaction.url(url)): \(error)",
             cause: error
         )
+    }
+
+    /// The reason, in plain words (`connection refused`), when `error` means no connection was made.
+    static func connectFailure(_ error: any Error) -> String? {
+        if let error = error as? HTTPClientError, error == .connectTimeout { return "connection timed out" }
+        guard let error = error as? IOError,
+            [ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, EADDRNOTAVAIL].contains(error.errnoCode)
+        else { return nil }
+        return String(cString: strerror(error.errnoCode)).lowercased()
     }
 }
 
