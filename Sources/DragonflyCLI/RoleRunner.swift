@@ -17,6 +17,8 @@ enum RoleRunner {
     static let maximumCancellation: Duration = .seconds(1)
 
     static func run(_ role: RoleServices, readyFile: String?, logger: Logger) async throws {
+        // Before any listener accepts: the connection caps assume more than the usual soft limit of 1,024.
+        OpenFileLimit.raise()
         var services = role.services
         services.append(
             .init(

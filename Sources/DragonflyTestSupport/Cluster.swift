@@ -342,6 +342,20 @@ package func withP2PCluster<Value>(
     )
 }
 
+/// `yaml` with the registry mirror's default upstream on a closed loopback port unless the test names one: no
+/// test traffic ever reaches the public default (`https://index.docker.io`), whatever a test sends the proxy.
+package func loopbackMirror(_ yaml: String?) -> String {
+    let upstream = "  registryMirror:\n    url: http://127.0.0.1:9\n"
+    guard let yaml, !yaml.isEmpty else { return "proxy:\n" + upstream }
+    if yaml.contains("registryMirror:") { return yaml }
+    var lines = yaml.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    if let proxy = lines.firstIndex(where: { $0.trimmingSpaces() == "proxy:" }) {
+        lines.insert(String(upstream.dropLast()), at: proxy + 1)
+        return lines.joined(separator: "\n")
+    }
+    return yaml + (yaml.hasSuffix("\n") ? "" : "\n") + "proxy:\n" + upstream
+}
+
 /// The per-role configuration of a cluster.
 private struct ClusterConfigurations {
     var daemonYAML: String?
@@ -384,8 +398,8 @@ private func withPlacedP2PCluster<Value>(
         seedYAML = (seedYAML.map { $0 + "\n" } ?? "") + secret
     }
     let schedulerConfig = try configArguments(schedulerYAML, "scheduler.yaml")
-    let seedConfig = try configArguments(seedYAML, "cdn.yaml")
-    let daemonConfig = try configArguments(configurations.daemonYAML, "daemon.yaml")
+    let seedConfig = try configArguments(loopbackMirror(seedYAML), "cdn.yaml")
+    let daemonConfig = try configArguments(loopbackMirror(configurations.daemonYAML), "daemon.yaml")
     func bindAddress(_ host: String?) -> String {
         guard let lab, let host else { return "127.0.0.1:0" }
         return lab.ip(of: host) + ":0"
