@@ -56,7 +56,7 @@ package func makeDaemonServices(
         uploadSlotsUsed: { limiter.slotsInUse }, logger: logger)
     let conductor = DownloadConductor(
         store: store, announcer: announcer, metrics: daemonMetrics, registry: registry, config: config,
-        schedulers: schedulers, identity: identity, logger: logger)
+        schedulers: schedulers, identity: identity, storeLoaded: storeService.loaded, logger: logger)
     let proxy = ProxyServer(
         configuration: proxyConfiguration, downloader: conductor, store: store,
         metrics: daemonMetrics, logger: logger)
@@ -123,7 +123,10 @@ package func makeDaemonServices(
     )
 }
 
-/// Reloads the store's tasks at start (DESIGN §7: restart keeps the cache) and persists its metadata on stop.
+/// Reloads the store's tasks at start (DESIGN §7: restart keeps the cache), persists metadata batches that
+/// came due without a new piece to trigger them (every `metadataBatchInterval`), and persists everything on
+/// stop. Downloads wait for ``loaded``: a task opened before the reload would start over on top of its
+/// verified pieces.
 struct PieceStoreService: Service {
     let store: PieceStore
     let logger: Logger
@@ -138,7 +141,17 @@ struct PieceStoreService: Service {
             loaded.fail(error)
             throw error
         }
-        try? await gracefulShutdown()
+        if store.persistsMetadata {
+            let interval = store.configuration.metadataBatchInterval
+            await cancelWhenGracefulShutdown {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    await store.flushDue()
+                }
+            }
+        } else {
+            try? await gracefulShutdown()
+        }
         try await store.close()
     }
 }

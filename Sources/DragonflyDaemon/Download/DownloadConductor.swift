@@ -22,7 +22,12 @@ package final class DownloadConductor: TaskDownloading {
 
     let context: RunContext
     private let runs = Mutex<[TaskID: RunHandle]>([:])
+    /// Published once the store has reloaded the tasks of an earlier run; downloads wait for it, so a task
+    /// left unfinished by a crash resumes from its verified pieces instead of starting over on top of them.
+    private let storeLoaded: Published<Void>?
 
+    /// - Parameter storeLoaded: Published when the store's ``PieceStore/reload()`` is done; nil when the
+    ///   caller reloaded it already (or never will).
     package init(
         store: PieceStore,
         announcer: PieceAnnouncer,
@@ -31,8 +36,10 @@ package final class DownloadConductor: TaskDownloading {
         config: DaemonConfig,
         schedulers: SchedulerPool,
         identity: Published<HostIdentity>,
+        storeLoaded: Published<Void>? = nil,
         logger: Logger
     ) {
+        self.storeLoaded = storeLoaded
         context = RunContext(
             store: store,
             announcer: announcer,
@@ -57,10 +64,30 @@ package final class DownloadConductor: TaskDownloading {
         return configuration
     }
 
-    /// Closes the HTTP client used for parents; call once on shutdown.
+    /// Cancels every run (each closes its task in the store, keeping the verified pieces for a later resume,
+    /// and ends its scheduler stream), waits for them to end, and closes the HTTP client used for parents;
+    /// call once on shutdown.
     package func shutdown() async {
+        let handles = runs.withLock { Array($0.values) }
+        for handle in handles { handle.cancel() }
+        // A run's progress stream ends when the run does; a run slow to stop gets at most the grace period.
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for handle in handles {
+                    let subscription = handle.hub.subscribe()
+                    for await _ in subscription {}
+                    handle.hub.unsubscribe(subscription)
+                }
+            }
+            group.addTask { try? await Task.sleep(for: Self.shutdownGrace) }
+            await group.next()
+            group.cancelAll()
+        }
         try? await context.http.shutdown()
     }
+
+    /// How long ``shutdown()`` waits for cancelled runs to close their tasks.
+    static let shutdownGrace: Duration = .seconds(2)
 
     /// The tasks being downloaded now.
     package var runningTasks: [TaskID] { runs.withLock { Array($0.keys) } }
@@ -70,6 +97,13 @@ package final class DownloadConductor: TaskDownloading {
         progress: @escaping @Sendable (Dragonfly_V1_DownloadProgress) async -> Void
     ) async throws -> Dragonfly_V1_DownloadProgress {
         let request = try TaskRequest(download)
+        if let storeLoaded {
+            do {
+                try await storeLoaded.value()
+            } catch {
+                throw DragonflyError(code: .unavailable, message: "the local cache could not be loaded", cause: error)
+            }
+        }
         var logger = context.logger
         logger[metadataKey: "df.task.id"] = "\(request.taskID)"
         // A run that ends with pieces still missing (another caller's range, a cancelled run) is followed by
@@ -215,6 +249,9 @@ final class RunHandle: Sendable {
 
     /// Set once, right after the handle is registered and before anyone can await it.
     func start(_ task: Task<Void, any Error>) { taskBox.withLock { $0 = task } }
+
+    /// Cancels the run.
+    func cancel() { taskBox.withLock { $0 }?.cancel() }
 
     /// Waits for the run to end.
     func wait() async throws {

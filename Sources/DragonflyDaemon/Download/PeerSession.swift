@@ -191,7 +191,9 @@ final class SessionState {
             throw SchedulerLost(error: reason)
         case .available(let parentID, let piece):
             guard parents[parentID] != nil else { break }
-            if piece.hasContentLength, contentLength == nil { learnLayout(contentLength: Int64(piece.contentLength)) }
+            // A parent's `content_length` is never adopted: the layout comes only from the scheduler (which
+            // learnt it from the origin reader it chose) or from this host's own origin stat. A parent that
+            // lied would otherwise fix the task's length and piece count for this child.
             do {
                 try dispatcher?.parent(parentID, has: [Int(piece.number)])
                 if piece.isLast { dispatcher?.parentFinishedAnnouncing(parentID) }

@@ -63,8 +63,15 @@ package final class SchedulerPool: Service, Sendable {
     }
 
     private static func makeClient(_ address: String, logger: Logger) throws(DragonflyError) -> RPCClient {
-        try makeRPCClient(target: address, options: RPCClientOptions(defaultTimeout: .seconds(30)), logger: logger)
+        // A restarted scheduler is found again within seconds, not after gRPC's default backoff (up to 2 min).
+        try makeRPCClient(
+            target: address,
+            options: RPCClientOptions(defaultTimeout: .seconds(30), maxReconnectBackoff: maximumReconnectBackoff),
+            logger: logger)
     }
+
+    /// Longest wait between two reconnection attempts to a scheduler that went away.
+    package static let maximumReconnectBackoff: Duration = .seconds(2)
 
     /// The consistent-hash ring over the current schedulers.
     package var ring: SchedulerRing { members.withLock { $0.ring } }
@@ -143,7 +150,11 @@ package final class SchedulerPool: Service, Sendable {
 
     private var isEmptyWithoutDiscovery: Bool { isEmpty && !awaitsDiscovery.withLock { $0 } }
 
+    /// How long the clients may drain their calls at shutdown before they are cancelled.
+    static let shutdownGrace: Duration = .seconds(1)
+
     package func run() async throws {
+        let (clientsEnded, clientsEndedSink) = AsyncStream.makeStream(of: Void.self)
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { [started, logger] in
                 await withDiscardingTaskGroup { clients in
@@ -157,8 +168,10 @@ package final class SchedulerPool: Service, Sendable {
                         }
                     }
                 }
+                clientsEndedSink.finish()
             }
-            group.addTask { await self.announceLoop() }
+            // Stops at once on shutdown, also mid-announce.
+            group.addTask { await cancelWhenGracefulShutdown { await self.announceLoop() } }
             try? await gracefulShutdown()
             await leaveAll()
             let clients = members.withLock { members in
@@ -167,6 +180,16 @@ package final class SchedulerPool: Service, Sendable {
             }
             startClient.finish()
             for client in clients { client.beginGracefulShutdown() }
+            // A graceful close waits for every open call (a download's AnnouncePeer stream lasts as long as the
+            // download): the clients get a short grace, then are cancelled, so the daemon stops within its
+            // shutdown budget (DESIGN §15).
+            await withTaskGroup(of: Void.self) { race in
+                race.addTask { for await _ in clientsEnded {} }
+                race.addTask { try? await Task.sleep(for: Self.shutdownGrace) }
+                await race.next()
+                race.cancelAll()
+            }
+            group.cancelAll()
         }
     }
 
