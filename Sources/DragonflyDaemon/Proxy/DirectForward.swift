@@ -26,6 +26,13 @@ struct DirectForward {
         if let pinned, let pinnedURL = Self.pinning(url, to: pinned) {
             target = pinnedURL.url
             upstreamHeaders.replaceOrAdd(name: "Host", value: pinnedURL.host)
+            // The URL's userinfo, which the pinned URL drops, becomes basic credentials as a client would send.
+            let authority = Self.authority(of: url)
+            if let at = authority.lastIndex(of: "@"), !upstreamHeaders.contains(name: "Authorization") {
+                let userinfo = URLFilter.percentDecoded(authority[..<at])
+                upstreamHeaders.add(
+                    name: "Authorization", value: "Basic " + ProxyAuthorization.base64(Array(userinfo.utf8)))
+            }
         }
         var request = context.originRequest(
             url: target, method: HTTPMethod(rawValue: head.method.rawValue), headers: upstreamHeaders)
