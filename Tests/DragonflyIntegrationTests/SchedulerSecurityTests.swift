@@ -54,7 +54,9 @@ struct SchedulerSecurityTests {
                     })
                 try await withEvilPeerServer(evilPeer) { evilPort in
                     try await withP2PCluster(
-                        schedulers: 1, seeds: 1, daemons: 1, seedConfigYAML: security, schedulerConfigYAML: security
+                        schedulers: 1, seeds: 1, daemons: 1, seedConfigYAML: security, schedulerConfigYAML: security,
+                        schedulerArguments: ["--log-level", "debug"], seedArguments: ["--log-level", "debug"],
+                        daemonArguments: ["--log-level", "debug"]
                     ) { cluster in
                         try await withRPCClient(
                             target: cluster.schedulerAddresses[0], logger: Self.logger
@@ -65,8 +67,14 @@ struct SchedulerSecurityTests {
                                 digests: evilPeer.digests, peerPort: evilPort, piecePort: evilPieces.port
                             ) {
                                 let output = cluster.outputPath("victim.bin")
-                                let result = try await cluster.get(
-                                    url: url, on: cluster.daemons[0], output: output, timeLimit: .seconds(120))
+                                let result: DragonflyRunResult
+                                do {
+                                    result = try await cluster.get(
+                                        url: url, on: cluster.daemons[0], output: output, timeLimit: .seconds(60))
+                                } catch {
+                                    Issue.record("get did not finish: \(error)\n\(cluster.logs(maxBytes: 6000))")
+                                    return
+                                }
                                 let written = FileManager.default.contents(atPath: output).map { Array($0) }
                                 #expect(written != evil, "the attacker's bytes were written\n\(cluster.logs())")
                                 if result.status == .exited(0) {

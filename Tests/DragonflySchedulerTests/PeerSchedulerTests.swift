@@ -258,6 +258,20 @@ struct PeerSchedulerTests {
         #expect(scheduler.registry.task(Fixture.taskID)?.trustedDigests == [1: Self.digest(1)])
     }
 
+    @Test("a piece fetched from a parent, or held by a normal host, never teaches a digest")
+    func digestsOfFetchedPiecesAreNotLearnt() throws {
+        var scheduler = try Fixture.scheduler(hosts: Self.hosts + [Fixture.host("seed", kind: .seed)])
+        _ = try scheduler.register(Fixture.registration("s", host: "seed", pieces: [0]), now: Fixture.start)
+        _ = try scheduler.register(Fixture.registration("n", host: "h2", pieces: [0]), now: Fixture.start)
+        _ = scheduler.handle(
+            .pieceFinished(number: 2, parentID: "n", length: 1, cost: .zero, digest: Self.digest(2)),
+            from: Fixture.key("s"), now: Fixture.start)
+        _ = scheduler.handle(
+            .pieceFinished(number: 3, parentID: nil, length: 1, cost: .zero, digest: Self.digest(3)),
+            from: Fixture.key("n"), now: Fixture.start)
+        #expect(scheduler.registry.task(Fixture.taskID)?.trustedDigests.isEmpty == true)
+    }
+
     @Test("an origin error fails the task and is broadcast to every other unfinished peer")
     func originErrorBroadcast() throws {
         var scheduler = try Fixture.scheduler(hosts: Self.hosts)

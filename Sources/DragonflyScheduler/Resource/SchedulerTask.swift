@@ -50,9 +50,9 @@ package struct SchedulerTask: Sendable {
     /// seed host the cluster vouches for, or on any host when no such seed can serve the task. Only their
     /// digests, lengths and origin headers are learnt (DESIGN §11).
     package var trustedReaders: Set<String>
-    /// Peers reading the origin whose reads the scheduler does not trust (they started on their own, or run on
-    /// a normal host while a vouched seed can serve the task): they neither take an origin-reader slot nor make
-    /// others wait for them, and what they report never describes the task.
+    /// Peers that read the origin without the scheduler's trust (they started on their own, or run on a normal
+    /// host while a vouched seed can serve the task), kept while the peer is: they take no origin-reader slot,
+    /// make nobody wait, are never parents, and what they report never describes or completes the task.
     package var untrustedReaders: Set<String>
     /// Seed hosts asked to download the task and not yet registered as its peers.
     package var triggeredSeedHosts: Set<String>

@@ -169,6 +169,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         guard let contentLength = task.contentLength, let digest = task.trustedDigests[0] else { return nil }
         let holders = selector.selectParents(for: peer, in: task, hosts: registry.hosts, using: &random)
             .filter { choice in
+                guard !task.untrustedReaders.contains(choice.peerID) else { return false }
                 guard let parent = task.peers[choice.peerID] else { return false }
                 return parent.state == .succeeded || parent.finishedPieces.contains(0)
             }
@@ -206,7 +207,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
         // then the first registrant — and everyone else gets it as a parent as soon as it has pieces.
         let lacksOriginReader =
             task.activeReaders.isEmpty && task.state != .succeeded
-            && !task.peers.values.contains { $0.state == .succeeded }
+            && !task.peers.values.contains { $0.state == .succeeded && !task.untrustedReaders.contains($0.id) }
         let isSeedPeer = hosts[peer.hostID]?.isSeed == true
         if rationer.isOverRetryLimit(peer) || peer.wantsBackToSource
             || (lacksOriginReader && (isSeedPeer || task.triggeredSeedHosts.isEmpty))
@@ -218,7 +219,9 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             }
         }
         if decision == nil {
+            // A peer that read the origin untrusted holds bytes nobody vouched for: never a parent.
             let parents = selector.selectParents(for: peer, in: task, hosts: hosts, using: &random)
+                .filter { !task.untrustedReaders.contains($0.peerID) }
             if !parents.isEmpty {
                 setParents(parents, of: key)
                 return .parents(makeNormalPlan(parents: parents, task: task))
@@ -320,7 +323,9 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
     /// register together only ever get the first holders — a star around the seed instead of a swarm.
     /// Bounded: a child takes at most the parent limit; the selector's filters apply (`acyclic` among them).
     private mutating func offerAsParent(_ key: PeerKey) -> [SchedulerAction] {
-        guard let task = registry.task(key.taskID), task.peers[key.peerID]?.canServe == true else { return [] }
+        guard let task = registry.task(key.taskID), task.peers[key.peerID]?.canServe == true,
+            !task.untrustedReaders.contains(key.peerID)
+        else { return [] }
         let hosts = registry.hosts
         let children = task.peers.values.filter { child in
             guard child.id != key.peerID, child.parents.count < selector.parentLimit,
@@ -390,8 +395,11 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             }
             return scheduleWaitingPeers(taskID: key.taskID, now: now)
 
-        case .pieceFinished(let number, let parentID, let length, let cost, _):
+        case .pieceFinished(let number, let parentID, let length, let cost, let digest):
             let isFirstPiece = peer.finishedPieceCount == 0
+            // A piece a vouched seed holds in its own cache (no parent: it read it from the origin earlier, e.g.
+            // before this scheduler started) describes the task; the first digest of a piece wins.
+            let fromSeedCache = parentID == nil && registry.host(peer.hostID)?.isSeed == true
             var parentHostID: String?
             registry.modifyTask(key.taskID) { task in
                 task.peers[key.peerID]?.finishedPieces.insert(number)
@@ -402,6 +410,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
                 }
                 // The digest of a piece fetched from a parent is never learnt: it only echoes what the peer
                 // verified against, or is an attacker's.
+                if fromSeedCache { task.learnDigest(digest, forPiece: number) }
             }
             if let parentHostID {
                 registry.modifyHost(parentHostID) { $0.uploadSuccessCount += 1 }
@@ -537,6 +546,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             // reading is no longer an origin reader, but it is still the one whose upload is scarce).
             let secondSources = task.peers.values.filter { peer in
                 !task.backToSourcePeers.contains(peer.id) && registry.host(peer.hostID)?.isSeed != true
+                    && !task.untrustedReaders.contains(peer.id)
             }
             // Release first: held pieces free their first recipients' backlog for new assignments.
             var backlog: [String: Int] = [:]
@@ -626,10 +636,7 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
                     if !task.trustedReaders.contains(key.peerID) { task.untrustedReaders.insert(key.peerID) }
                 }
             case .releaseBackToSourceSlot:
-                registry.modifyTask(key.taskID) { task in
-                    task.backToSourcePeers.remove(key.peerID)
-                    task.untrustedReaders.remove(key.peerID)
-                }
+                registry.modifyTask(key.taskID) { $0.backToSourcePeers.remove(key.peerID) }
             case .markTaskSucceeded:
                 registry.modifyTask(key.taskID) { $0.waitingPeers.remove(key.peerID) }
                 if !isUntrustedReader { applyTaskEvent(.downloadSucceeded, to: key.taskID) }
@@ -637,7 +644,6 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
                 registry.modifyTask(key.taskID) { task in
                     task.waitingPeers.remove(key.peerID)
                     task.backToSourcePeers.remove(key.peerID)
-                    task.untrustedReaders.remove(key.peerID)
                 }
             case .rejected(let invalid):
                 return .reject(key, code: .failedPrecondition, message: invalid.description)
@@ -655,7 +661,6 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             case .resetOriginReaders:
                 registry.modifyTask(taskID) { task in
                     task.backToSourcePeers = []
-                    task.untrustedReaders = []
                     task.triggeredSeedHosts = []
                 }
             case .failPeers, .rejected:
@@ -681,7 +686,6 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             task.originError = error
             task.waitingPeers = []
             task.backToSourcePeers = []
-            task.untrustedReaders = []
             task.triggeredSeedHosts = []
         }
         return task.peers.values

@@ -50,7 +50,7 @@ package struct PreheatExecutor: Sendable {
                 : "scheduler cluster \(job.schedulerClusterID) has no seed peer"
             for download in preheat.downloads {
                 var task = Dragonfly_V1_JobTaskResult()
-                task.url = download.url
+                task.url = Redaction.url(download.url)
                 task.reason = result.reason
                 result.failureTasks.append(task)
             }
@@ -109,7 +109,8 @@ package struct PreheatExecutor: Sendable {
         async -> (Dragonfly_V1_JobTaskResult, Bool)
     {
         var task = Dragonfly_V1_JobTaskResult()
-        task.url = download.url
+        // Job results are shown to the manager's users: never a query value or userinfo.
+        task.url = Redaction.url(download.url)
         task.hostname = host.hostname
         task.ip = host.ip
         task.hostID = host.id
@@ -138,7 +139,7 @@ package struct PreheatExecutor: Sendable {
             if !done { task.reason = "the host ended the download without finishing it" }
             return (task, done)
         } catch {
-            task.reason = DragonflyError(converting: error).message
+            task.reason = Redaction.message(DragonflyError(converting: error).message)
             return (task, false)
         }
     }
