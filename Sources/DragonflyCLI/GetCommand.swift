@@ -39,7 +39,10 @@ struct GetCommand: AsyncParsableCommand {
         help:
             "Data directory: the auto-started daemon's, or the cache of --no-daemon (default: the daemon's, or a private cache)."
     ) var dataDir: String?
-    @Option(help: "Local daemon socket (default: the daemon config's, else the daemon's default).") var socket: String?
+    @Option(
+        help: ArgumentHelp(
+            "Local daemon socket (default: the daemon config's socket, else \(DaemonSocket.defaultPath))."))
+    var socket: String?
     @Option(help: "Configuration file of a daemon this command starts (default: $DRAGONFLY_DAEMON_CONFIG).")
     var daemonConfig: String?
     @Option(help: "A daemon this command starts exits after this long without work (e.g. 30s, 5m).")

@@ -22,7 +22,7 @@ struct StatCommand: AsyncParsableCommand {
     @Option(help: "Query parameters left out of the task ID, '&'-separated (replaces the default list).") var filter:
         String?
     @Option(help: "Fixed piece length (4M-64M, a power of two); changes the task ID.") var pieceLength: ByteSize?
-    @Option(help: "Local daemon socket.") var socket: String?
+    @Option(help: ArgumentHelp("Local daemon socket (default: \(DaemonSocket.defaultPath)).")) var socket: String?
 
     func validate() throws {
         try URLArgument.validate(url)
@@ -59,7 +59,7 @@ struct StatCommand: AsyncParsableCommand {
         } catch {
             switch error.code {
             case .unavailable:
-                return ["daemon: not running"]
+                return ["daemon: not running at \(client.socketPath)"]
             case .deadlineExceeded:
                 return ["daemon: no answer from \(client.socketPath) within \(ConfigDuration(milliseconds: 1000))"]
             default:

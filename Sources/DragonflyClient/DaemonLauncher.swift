@@ -37,7 +37,8 @@ package enum DaemonSocket {
 /// daemon").
 ///
 /// The daemon gets `--socket`, `--data-dir` (when given), `--config` (when given), `--idle-exit`, and port 0
-/// for every TCP listener whose port its configuration does not name.
+/// for every TCP listener its configuration does not name: on 127.0.0.1 for the proxy, metrics and health, and
+/// for peer and piece too unless a scheduler or manager is configured (then on the configured host, for P2P).
 ///
 /// ```swift
 /// var launch = DaemonLaunchConfiguration(
@@ -125,8 +126,12 @@ package struct DaemonLaunchConfiguration: Sendable, Hashable {
         let milliseconds = max(
             idleExit.components.seconds * 1000 + idleExit.components.attoseconds / 1_000_000_000_000_000, 0)
         arguments += ["--idle-exit", ConfigDuration(milliseconds: milliseconds).description]
+        // Proxy, metrics and health serve this host only; peer and piece face the network only when there is a
+        // swarm to serve (a scheduler or manager is configured).
+        let isInSwarm = !config.scheduler.addresses.isEmpty || !config.manager.address.isEmpty
         for (flag, key, path) in Self.listeners where !named.contains("listen.\(key)") {
-            let host = config.listen[keyPath: path].host
+            let facesNetwork = (key == "peer" || key == "piece") && isInSwarm
+            let host = facesNetwork ? config.listen[keyPath: path].host : "127.0.0.1"
             arguments += [flag, ListenAddress(host: host, port: 0).description]
         }
         return arguments + extraArguments

@@ -70,7 +70,7 @@ package func makeDaemonServices(
         listenerName: "peer",
         logger: logger
     )
-    // The Local service lives on the unix socket only: it can write files as the daemon's user.
+    // The Local service lives on the unix socket only (mode 0660, group `socketGroup`).
     let local = try GRPCServerService(
         address: .unixDomainSocket(path: socket),
         services: [
@@ -78,6 +78,7 @@ package func makeDaemonServices(
                 downloader: conductor, store: store, schedulers: schedulers, activity: activity, logger: logger)
         ],
         listenerName: "local",
+        socketGroup: config.socketGroup.isEmpty ? nil : config.socketGroup,
         logger: logger
     )
     let identityService = IdentityService(

@@ -6,6 +6,12 @@ import NIOCore
 import ServiceLifecycle
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -19,7 +25,8 @@ import Foundation
 /// address, which is how port 0 and `--ready-file` learn the real port.
 ///
 /// For a Unix domain socket, `run()` creates the socket's parent directory, replaces a stale socket file (a
-/// file of another type at the path is left alone and the bind fails) and removes the socket when it stops.
+/// file of another type at the path is left alone and the bind fails), gives the socket mode `0660` (owner and
+/// group may connect; the group is `socketGroup` when given) and removes it when it stops.
 package struct GRPCServerService: Service {
     /// The address from the configuration (port 0 and all).
     package let address: RPCAddress
@@ -27,6 +34,8 @@ package struct GRPCServerService: Service {
     private let logger: Logger
     /// Receives the bound address (`IP:port`, or the socket path) once the server listens, for the ready file.
     package let listener: ListenerAddress
+    /// The group a Unix domain socket is given (name or numeric ID); nil keeps the process's group.
+    package let socketGroup: String?
 
     /// Creates the service; nothing is bound until `run()`.
     ///
@@ -44,9 +53,11 @@ package struct GRPCServerService: Service {
         interceptors: [any ServerInterceptor] = [],
         listenerName: String = "grpc",
         limits: GRPCServerLimits = GRPCServerLimits(),
+        socketGroup: String? = nil,
         logger: Logger
     ) throws(DragonflyError) {
         self.listener = ListenerAddress(name: listenerName)
+        self.socketGroup = socketGroup
         let transportSecurity = try tls?.serverTransportSecurity() ?? .plaintext
         let transport = HTTP2ServerTransport.Posix(
             address: try address.serverSocketAddress(),
@@ -76,6 +87,7 @@ package struct GRPCServerService: Service {
                 do {
                     let bound = try await listeningAddress()
                     if case .unixDomainSocket(let path) = bound {
+                        try Self.restrictSocket(at: path, group: socketGroup)
                         listener.fulfil(path)
                     } else {
                         listener.fulfil(bound.description)
@@ -130,6 +142,32 @@ package struct GRPCServerService: Service {
             )
         }
         removeSocket(at: path)
+    }
+
+    /// Gives the socket at `path` mode `0660` and, when `group` is set, that group (a name or a numeric ID).
+    static func restrictSocket(at path: String, group: String?) throws(DragonflyError) {
+        if let group, !group.isEmpty {
+            let gid: gid_t
+            if let number = gid_t(group) {
+                gid = number
+            } else if let entry = getgrnam(group) {
+                gid = entry.pointee.gr_gid
+            } else {
+                throw DragonflyError(
+                    code: .configuration, message: "socketGroup: no group named '\(group)' for socket '\(path)'")
+            }
+            guard chown(path, uid_t.max, gid) == 0 else {
+                throw DragonflyError(
+                    code: .configuration,
+                    message: "socketGroup: cannot give socket '\(path)' group '\(group)': "
+                        + String(cString: strerror(errno)))
+            }
+        }
+        guard chmod(path, 0o660) == 0 else {
+            throw DragonflyError(
+                code: .failedPrecondition,
+                message: "cannot set the mode of socket '\(path)': " + String(cString: strerror(errno)))
+        }
     }
 
     /// Removes the file at `path` if it is a socket; any other kind of file is left in place.

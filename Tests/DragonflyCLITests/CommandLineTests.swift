@@ -94,7 +94,15 @@ struct CommandLineTests {
             #expect(result.exitCode == 0, "\(result.stderr)")
             let lines = result.stdout.split(separator: "\n")
             #expect(lines.first == "task 06408fbf247ddaca478f8cb9565fe5591c28efd0994b8fea80a6a87d3203c5ca")
-            #expect(lines.dropFirst().first == "daemon: not running")
+            #expect(lines.dropFirst().first == "daemon: not running at \(dir.appending("none.sock"))")
+        }
+    }
+
+    @Test func getAndStatHelpNameTheSocket() async throws {
+        for command in ["get", "stat"] {
+            let result = try await runDragonfly([command, "--help"])
+            #expect(result.exitCode == 0)
+            #expect(result.stdout.contains("dfdaemon.sock"), "\(result.stdout)")
         }
     }
 

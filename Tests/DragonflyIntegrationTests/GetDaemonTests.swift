@@ -57,6 +57,65 @@ struct GetDaemonTests {
         }
     }
 
+    /// The local addresses (`IP:port`) of the TCP sockets `pid` listens on, read from `/proc`.
+    static func listeningAddresses(pid: Int32) -> [String] {
+        let fdDirectory = "/proc/\(pid)/fd"
+        let inodes = Set(
+            ((try? FileManager.default.contentsOfDirectory(atPath: fdDirectory)) ?? []).compactMap { fd -> String? in
+                guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(fdDirectory)/\(fd)"),
+                    target.hasPrefix("socket:[")
+                else { return nil }
+                return String(target.dropFirst("socket:[".count).dropLast())
+            })
+        var addresses: [String] = []
+        for table in ["tcp", "tcp6"] {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/net/\(table)", encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                let fields = line.split(separator: " ")
+                guard fields.count > 9, fields[3] == "0A", inodes.contains(String(fields[9])) else { continue }
+                let parts = fields[1].split(separator: ":")
+                guard parts.count == 2, let port = Int(parts[1], radix: 16) else { continue }
+                let hex = String(parts[0])
+                let ip: String
+                if hex.count == 8, let value = UInt32(hex, radix: 16) {
+                    ip = "\(value & 0xFF).\(value >> 8 & 0xFF).\(value >> 16 & 0xFF).\(value >> 24)"
+                } else if hex == "00000000000000000000000001000000" {
+                    ip = "::1"
+                } else {
+                    ip = "[\(hex)]"
+                }
+                addresses.append("\(ip):\(port)")
+            }
+        }
+        return addresses
+    }
+
+    @Test func anAutoStartedDaemonListensOnLoopbackOnlyAndItsSocketIsGroupOnly() async throws {
+        try await withNginxOrigin { origin in
+            try origin.writeFile("f.bin", contents: GetNoDaemonTests.bytes(1 << 20, seed: 0x5EED_0013))
+            try await withTemporaryDirectory { dir in
+                let socket = dir.appending("run/dfdaemon.sock")
+                defer { Self.killDaemons(socket: socket) }
+                let result = try await Self.run([
+                    "get", origin.url(for: "f.bin"), "-O", dir.appending("f.bin"), "--socket", socket, "--data-dir",
+                    dir.appending("data"), "--daemon-idle-exit", "60s", "--no-progress",
+                ])
+                #expect(result.code == 0, "\(result.stderr)")
+                let pid = try #require(Self.daemonProcesses(socket: socket).first)
+                let listening = Self.listeningAddresses(pid: pid)
+                // Peer, proxy, metrics, health and piece: with no scheduler or manager, all on loopback.
+                #expect(listening.count >= 5, "\(listening)")
+                for address in listening {
+                    #expect(address.hasPrefix("127.0.0.1:") || address.hasPrefix("::1:"), "\(listening)")
+                }
+                var info = stat()
+                #expect(lstat(socket, &info) == 0)
+                #expect(info.st_mode & S_IFMT == S_IFSOCK)
+                #expect(info.st_mode & 0o777 == 0o660)
+            }
+        }
+    }
+
     @Test func concurrentGetsStartOneDaemonThatExitsWhenIdle() async throws {
         let content = GetNoDaemonTests.bytes(24 << 20, seed: 0x5EED_0001)
         try await withNginxOrigin { origin in
@@ -152,7 +211,7 @@ struct GetDaemonTests {
             #expect(result.exitCode == 0, "\(result.stderr)")
             let lines = result.stdout.split(separator: "\n").map(String.init)
             let id = TaskID.make(url: url, tag: "t", application: "", pieceLength: nil, filteredQueryParams: nil)
-            #expect(lines == ["task \(id)", "daemon: not running"])
+            #expect(lines == ["task \(id)", "daemon: not running at \(socket)"])
             #expect(Self.daemonProcesses(socket: socket).isEmpty)
             #expect(!FileManager.default.fileExists(atPath: socket))
         }

@@ -214,6 +214,9 @@ package struct DaemonConfig: RoleConfiguration {
     /// Local API unix socket; empty means `/var/run/dragonfly/dfdaemon.sock` (`seed.sock` for the cdn) as root,
     /// else under `$XDG_RUNTIME_DIR/dragonfly/`.
     package var socket: String = ""
+    /// Group (name or numeric ID) given the local API socket, which is created `0660`: its members may download
+    /// through the daemon. Empty: the daemon's own group.
+    package var socketGroup: String = ""
     package var host = HostConfig()
     package var listen = ListenConfig()
     package var scheduler = SchedulerClientConfig()
