@@ -36,6 +36,10 @@ enum GetRunner {
         var showProgress: Bool
     }
 
+    /// The system daemon's socket and data directory (the defaults of a daemon run as root).
+    static let systemSocket = "/var/run/dragonfly/dfdaemon.sock"
+    static let systemDataDirectory = "/var/lib/dragonfly/daemon"
+
     /// How long `get` waits for a daemon it started to answer on its socket.
     static let daemonStartTimeLimit: Duration = .seconds(10)
 
@@ -123,7 +127,8 @@ enum GetRunner {
         // caller.
         guard settings.useDaemon, !request.url.lowercased().hasPrefix("file:") else {
             let summary = try await originDownload(
-                request, workspace: try GetWorkspace.open(settings.dataDirectory), display: display, logger: logger)
+                request, workspace: try GetWorkspace.open(settings.dataDirectory), settings: settings,
+                display: display, logger: logger)
             return Finished(summary: summary, peerBytes: nil)
         }
         let reason: DragonflyError
@@ -146,8 +151,8 @@ enum GetRunner {
             "the local daemon cannot serve; downloading from the origin",
             metadata: ["df.daemon.error": "\(reason.message)"])
         let summary = try await originDownload(
-            request, workspace: try GetWorkspace.openForFallback(settings.dataDirectory), display: display,
-            logger: logger)
+            request, workspace: try GetWorkspace.openForFallback(settings.dataDirectory), settings: settings,
+            display: display, logger: logger)
         return Finished(summary: summary, peerBytes: nil)
     }
 
@@ -175,6 +180,14 @@ enum GetRunner {
         }
         if settings.socket == nil, !config.socket.isEmpty {
             launch.socketPath = config.socket
+        } else if settings.socket == nil, settings.dataDirectory == nil, settings.daemonConfig == nil,
+            !RolePaths.isRoot,
+            DaemonSocket.isAnswering(path: systemSocket)
+        {
+            // A user's get shares the system daemon (its cache and swarm) when its socket lets the user in; the
+            // output is still written by this process, as the user. Only otherwise does a per-user daemon start.
+            launch.socketPath = systemSocket
+            launch.dataDirectory = systemDataDirectory
         }
         switch Result(catching: { () throws(DragonflyError) in try DaemonLauncher.currentExecutablePath() }) {
         case .success(let path): launch.executablePath = path
@@ -235,13 +248,19 @@ enum GetRunner {
         }
     }
 
+    /// Downloads in this process into the workspace's cache, which then gets the daemon's garbage collection
+    /// (TTL and watermarks of `storage.*` in `--daemon-config`, else the defaults), so it never grows unbounded.
     private static func originDownload(
         _ request: GetRequest,
         workspace: GetWorkspace,
+        settings: Settings,
         display: ProgressDisplay,
         logger: Logger
     ) async throws -> GetSummary {
         defer { workspace.close() }
+        let storage = try DaemonLaunchConfiguration(
+            executablePath: "", socketPath: "", configPath: settings.daemonConfig
+        ).loadDaemonConfig().config.storage
         let registry = PluginRegistry()
         try registerBuiltinMedia(into: registry)
         let sources = try registerBuiltinSources(into: registry)
@@ -249,11 +268,19 @@ enum GetRunner {
             named: "disk",
             context: StorageMediumContext(dataDirectory: workspace.path, capacity: 0)
         )
-        let store = PieceStore(dataDirectory: workspace.path, medium: medium, logger: logger)
+        let store = PieceStore(
+            dataDirectory: workspace.path, medium: medium, configuration: PieceStoreConfiguration(storage: storage),
+            logger: logger)
         do {
             _ = try await store.reload()
             let summary = try await OriginDownload(request: request, registry: registry, store: store, logger: logger)
                 .run { progress in display.update(progress) }
+            if !workspace.isTemporary {
+                let report = try await store.collectGarbage()
+                logger.debug(
+                    "collected the cache's garbage",
+                    metadata: ["df.gc.freed": "\(report.freedBytes)", "df.gc.used": "\(report.usedBytes)"])
+            }
             try await store.close()
             try await sources.shutdown()
             return summary

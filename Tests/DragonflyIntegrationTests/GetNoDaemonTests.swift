@@ -297,6 +297,41 @@ struct GetNoDaemonTests {
         }
     }
 
+    /// Bytes of every task's data file under `data`.
+    static func cachedBytes(_ data: String) -> Int {
+        let tasks = data + "/tasks"
+        let paths = (try? FileManager.default.subpathsOfDirectory(atPath: tasks)) ?? []
+        return paths.filter { $0.hasSuffix("/data") }.reduce(0) { total, path in
+            let size = (try? FileManager.default.attributesOfItem(atPath: tasks + "/" + path))?[.size] as? Int
+            return total + (size ?? 0)
+        }
+    }
+
+    @Test func theCacheOverItsQuotaIsTrimmedToItsLowWatermark() async throws {
+        try await withNginxOrigin { origin in
+            for name in ["a", "b", "c"] {
+                try origin.writeFile("\(name).bin", contents: Self.bytes(4 << 20, seed: UInt64(name.utf8.first ?? 0)))
+            }
+            try await withTemporaryDirectory { dir in
+                // Quota 10 MiB: over 8 MiB (80 %) the cache is trimmed to 5 MiB (50 %), least recently used first.
+                let config = try dir.writeFile(
+                    "daemon.yaml", text: "storage:\n  quota: 10M\n  highWatermark: 80\n  lowWatermark: 50\n")
+                let data = dir.appending("data")
+                for name in ["a", "b", "c"] {
+                    let result = try await runDragonfly([
+                        "get", origin.url(for: "\(name).bin"), "-O", dir.appending("\(name).bin"), "--no-daemon",
+                        "--data-dir", data, "--daemon-config", config, "--no-progress",
+                    ])
+                    #expect(result.exitCode == 0, "\(result.stderr)")
+                    #expect(Self.read(dir.appending("\(name).bin"))?.count == 4 << 20)
+                }
+                // Before the third get the cache held 8 MiB; with c it went over the quota's high watermark.
+                #expect(Self.cachedBytes(data) <= 5 << 20, "\(Self.cachedBytes(data)) bytes cached")
+                #expect(Self.cachedBytes(data) >= 4 << 20, "the latest task stays")
+            }
+        }
+    }
+
     @Test func timeoutFailsClearly() async throws {
         try await withNginxOrigin { origin in
             try origin.writeFile("blob.bin", contents: Self.bytes(4 << 20))
