@@ -24,6 +24,8 @@ struct P2PResponse {
     let isBlob: Bool
     let context: ProxyContext
     let responder: Responder
+    /// Tells the response when its client went away.
+    let presence: ClientPresence
     let logger: Logger
 
     /// Request headers never sent to the origin of a P2P task: the task is the whole object, identity-encoded,
@@ -94,7 +96,8 @@ struct P2PResponse {
 
         let watch = DownloadWatch()
         // A client that goes away ends its response at once (the download itself may finish into the cache).
-        responder.channel.closeFuture.whenComplete { _ in watch.abandon() }
+        presence.attach(watch)
+        defer { presence.detach() }
         let downloader = context.downloader
         let request = download
         return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -299,6 +302,40 @@ struct P2PResponse {
             }
         return try await responder.text(status, Redaction.message(error.message), headers: extra)
     }
+}
+
+/// Wakes the P2P response in progress on one client connection when the client goes away: one close callback
+/// per connection, however many requests it carries.
+final class ClientPresence: Sendable {
+    private struct State {
+        var gone = false
+        var watch: DownloadWatch?
+    }
+
+    private let state = Mutex(State())
+
+    init(channel: any Channel) {
+        channel.closeFuture.whenComplete { [self] _ in wentAway() }
+    }
+
+    private func wentAway() {
+        let watch = state.withLock { state -> DownloadWatch? in
+            state.gone = true
+            return state.watch
+        }
+        watch?.abandon()
+    }
+
+    /// Makes `watch` the one to wake (at once when the client is already gone).
+    func attach(_ watch: DownloadWatch) {
+        let gone = state.withLock { state -> Bool in
+            state.watch = watch
+            return state.gone
+        }
+        if gone { watch.abandon() }
+    }
+
+    func detach() { state.withLock { $0.watch = nil } }
 }
 
 /// What a P2P response waits on: a version bumped by every progress report of its download, and the

@@ -36,6 +36,7 @@ struct ProxyConnection {
     }
 
     private func serveRequests() async {
+        let presence = ClientPresence(channel: connection.channel)
         do {
             // Responses are written on the channel with completion futures (see ``Responder``), not with the
             // async writer, whose writes may still be queued when the connection closes.
@@ -43,7 +44,7 @@ struct ProxyConnection {
                 let reader = RequestReader(inbound.makeAsyncIterator())
                 while let head = try await reader.nextHead() {
                     activity.isBusy.store(true, ordering: .relaxed)
-                    let keepOpen = try await respond(to: head, body: reader)
+                    let keepOpen = try await respond(to: head, body: reader, presence: presence)
                     activity.isBusy.store(false, ordering: .relaxed)
                     guard keepOpen, !Task.isShuttingDownGracefully else { return }
                     guard try await reader.drain(limit: Self.drainLimit) else { return }
@@ -55,7 +56,9 @@ struct ProxyConnection {
     }
 
     /// Answers one request; returns whether the connection may carry another.
-    private func respond(to head: HTTPRequestHead, body: RequestReader) async throws -> Bool {
+    private func respond(to head: HTTPRequestHead, body: RequestReader, presence: ClientPresence) async throws
+        -> Bool
+    {
         let responder = Responder(head: head, channel: connection.channel)
         if origin == nil, head.method == .GET, head.uri == "/healthy" {
             return try await responder.text(.ok, "OK")
@@ -170,7 +173,8 @@ struct ProxyConnection {
         if routed.isP2P {
             context.metrics?.proxyP2P.increment()
             let p2p = P2PResponse(
-                head: head, route: routed, isBlob: isBlob, context: context, responder: responder, logger: logger)
+                head: head, route: routed, isBlob: isBlob, context: context, responder: responder,
+                presence: presence, logger: logger)
             return try await p2p.respond()
         }
         context.metrics?.proxyDirect.increment()
