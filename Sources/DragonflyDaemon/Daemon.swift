@@ -50,7 +50,7 @@ package func makeDaemonServices(
     let limiter = UploadLimiter(config: config.upload)
     let piece = PieceServer(
         configuration: PieceServerConfiguration(address: config.listen.piece), store: store, limiter: limiter,
-        metrics: daemonMetrics, logger: logger)
+        metrics: daemonMetrics, grants: announcer.grants, logger: logger)
     let schedulers = try SchedulerPool(
         addresses: config.scheduler.addresses, identity: identity, config: config,
         uploadSlotsUsed: { limiter.slotsInUse }, logger: logger)
@@ -63,10 +63,17 @@ package func makeDaemonServices(
     let isReady = Published<Void>()
     let peerService = PeerService(
         store: store, announcer: announcer, downloader: conductor, hostID: { identity.current?.hostID },
-        hostType: mode == .seed ? .super : .normal, isReady: { isReady.current != nil }, logger: logger)
+        hostType: mode == .seed ? .super : .normal, isReady: { isReady.current != nil }, grants: announcer.grants,
+        allowedFileDirectories: config.security.allowedFileDirectories, logger: logger)
+    // A download asked over the network makes this host contact an origin: with a cluster secret, only the
+    // cluster's schedulers (which hold it) may ask.
+    let peerSecret = ClusterSecretInterceptor(
+        secret: ClusterSecret(secret: try config.security.resolvedClusterSecret()),
+        protectedMethods: ["dragonfly.v1.Peer/DownloadTask"])
     let peer = try GRPCServerService(
         address: .tcp(host: config.listen.peer.host, port: config.listen.peer.port),
         services: [peerService],
+        interceptors: [peerSecret],
         listenerName: "peer",
         logger: logger
     )

@@ -319,6 +319,7 @@ final class SessionState {
             }
             return try await finishIfComplete(force: true)
         case .smallTask(let small):
+            context.announcer.grants.record(small.transferGrant, for: taskID)
             try await openIfNeeded(
                 contentLength: Int64(small.contentLength), pieceLength: Int64(small.pieceLength),
                 headers: small.responseHeader)
@@ -327,6 +328,7 @@ final class SessionState {
             addParents(small.parents)
             startIfNeeded()
         case .normalTask(let normal):
+            context.announcer.grants.record(normal.transferGrant, for: taskID)
             try await openIfNeeded(
                 contentLength: normal.hasContentLength ? Int64(normal.contentLength) : nil,
                 pieceLength: Int64(normal.pieceLength), headers: normal.responseHeader)
@@ -341,6 +343,7 @@ final class SessionState {
             if digests.hasPieceCount { learnLayout(pieceCount: Int(digests.pieceCount)) }
             trust(Dictionary(uniqueKeysWithValues: digests.pieceDigests.map { (Int($0.key), $0.value) }))
         case .needBackToSource(let need):
+            context.announcer.grants.record(need.transferGrant, for: taskID)
             logger.debug("the scheduler sends this peer to the origin", metadata: ["df.reason": "\(need.reason)"])
             startOrigin()
         case .sourceError(let error):
@@ -443,7 +446,8 @@ final class SessionState {
             dispatcher?.addParent(info.peerID, isSeed: info.isSeed)
             logger.debug("parent added", metadata: ["df.parent": "\(info.peerID)", "df.parents": "\(parents.count)"])
             syncs[info.peerID] = Self.syncPieces(
-                from: info, taskID: taskID, peerID: peerID, events: events, logger: logger)
+                from: info, taskID: taskID, peerID: peerID, grant: context.announcer.grants.current(for: taskID),
+                events: events, logger: logger)
         }
     }
 
@@ -622,6 +626,7 @@ final class SessionState {
         from parent: ParentInfo,
         taskID: TaskID,
         peerID: String,
+        grant: String,
         events: AsyncStream<SessionEvent>.Continuation,
         logger: Logger
     ) -> Task<Void, Never> {
@@ -633,6 +638,7 @@ final class SessionState {
                     var request = Dragonfly_V1_SyncPiecesRequest()
                     request.taskID = taskID.rawValue
                     request.peerID = peerID
+                    request.transferGrant = grant
                     try await Dragonfly_V1_Peer.Client(wrapping: client).syncPieces(request) { response in
                         for try await piece in response.messages {
                             events.yield(.available(parentID: parent.peerID, piece: piece))
@@ -670,8 +676,10 @@ final class SessionState {
                 let collector = PieceBodyCollector(limit: limit, piece: request.piece, parent: parent.peerID) {
                     events.yield(.progressed(request, bytes: max($0, 1)))
                 }
-                let http = try HTTPClient.Request(
+                var http = try HTTPClient.Request(
                     url: "http://\(parent.pieceDataAddress)/pieces/\(taskID)/\(request.piece)", method: .GET)
+                let grant = context.announcer.grants.current(for: taskID)
+                if !grant.isEmpty { http.headers.add(name: TransferGrants.headerName, value: grant) }
                 let transfer = context.http.execute(request: http, delegate: collector, deadline: .now() + .minutes(30))
                 let bytes = try await withTaskCancellationHandler {
                     try await transfer.futureResult.get()

@@ -35,6 +35,9 @@ package final class SchedulerPool: Service, Sendable {
     private let logger: Logger
     private let firstAcknowledged = Mutex(false)
     private let uploadSlotsUsed: @Sendable () -> Int
+    /// Attach the cluster secret (`security.clusterSecret`) to every call, when configured: a seed peer's
+    /// announcements count as a seed's only with it.
+    private let interceptors: [any ClientInterceptor]
 
     /// - Parameters:
     ///   - addresses: `host:port` of every scheduler (`--scheduler`).
@@ -51,23 +54,30 @@ package final class SchedulerPool: Service, Sendable {
         readyTimeout = config.scheduler.readyTimeout.duration
         self.logger = logger
         self.uploadSlotsUsed = uploadSlotsUsed
+        let interceptors: [any ClientInterceptor] =
+            try ClusterSecret(secret: config.security.resolvedClusterSecret()).map {
+                [ClusterSecretClientInterceptor(secret: $0)]
+            } ?? []
+        self.interceptors = interceptors
         (started, startClient) = AsyncStream.makeStream(of: RPCClient.self)
         let ring = SchedulerRing(addresses: Array(addresses.prefix(Self.maxSchedulers)))
         var clients: [String: RPCClient] = [:]
         for address in ring.addresses {
-            let client = try Self.makeClient(address, logger: logger)
+            let client = try Self.makeClient(address, interceptors: interceptors, logger: logger)
             clients[address] = client
             startClient.yield(client)
         }
         members = Mutex(Members(ring: ring, clients: clients))
     }
 
-    private static func makeClient(_ address: String, logger: Logger) throws(DragonflyError) -> RPCClient {
+    private static func makeClient(
+        _ address: String, interceptors: [any ClientInterceptor], logger: Logger
+    ) throws(DragonflyError) -> RPCClient {
         // A restarted scheduler is found again within seconds, not after gRPC's default backoff (up to 2 min).
         try makeRPCClient(
             target: address,
             options: RPCClientOptions(defaultTimeout: .seconds(30), maxReconnectBackoff: maximumReconnectBackoff),
-            logger: logger)
+            interceptors: interceptors, logger: logger)
     }
 
     /// Longest wait between two reconnection attempts to a scheduler that went away.
@@ -100,7 +110,7 @@ package final class SchedulerPool: Service, Sendable {
             for address in ring.addresses {
                 if let client = members.clients[address] {
                     clients[address] = client
-                } else if let client = try? Self.makeClient(address, logger: logger) {
+                } else if let client = try? Self.makeClient(address, interceptors: interceptors, logger: logger) {
                     clients[address] = client
                     added.append(client)
                 }
