@@ -171,6 +171,20 @@ struct ManagerSecurityTests {
 
             // With the secret: the scheduler registers, opens its command channel and receives the job.
             try await withManagerClient(manager.grpc, secret: Self.clusterSecret) { client in
+                // Channels that close at once (the dispatcher is cancelled mid-transaction) leave the store usable.
+                for _ in 0..<2 {
+                    try await client.commandChannel(
+                        requestProducer: { writer in
+                            var start = Dragonfly_V1_CommandChannelRequest()
+                            start.start.hostname = "sched-1"
+                            start.start.ip = "127.0.0.1"
+                            start.start.schedulerClusterID = 1
+                            try await writer.write(start)
+                        },
+                        onResponse: { response in
+                            for try await _ in response.messages {}
+                        })
+                }
                 let info = try await client.registerScheduler(Self.schedulerRequest("sched-1"))
                 #expect(info.state == .active)
                 let (received, receivedContinuation) = AsyncStream<Void>.makeStream()

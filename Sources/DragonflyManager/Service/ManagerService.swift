@@ -69,7 +69,13 @@ package final class ManagerService: Dragonfly_V1_Manager.SimpleServiceProtocol, 
             clusterID: request.hasSchedulerClusterID ? request.schedulerClusterID : nil,
             clusterField: "scheduler_cluster_id")
         let store = try await self.store()
-        let record = try await store.registerMember(.scheduler, registration, limit: memberLimit)
+        let record: MemberRecord
+        do {
+            record = try await store.registerMember(.scheduler, registration, limit: memberLimit)
+        } catch {
+            logger.debug("scheduler registration failed", metadata: ["df.error": "\(error)"])
+            throw error
+        }
         logger.debug(
             "scheduler registered",
             metadata: [

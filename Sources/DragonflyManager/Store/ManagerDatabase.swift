@@ -292,7 +292,9 @@ package final class ManagerDatabase: Sendable {
                 try await database.raw("COMMIT").run()
                 return result
             } catch {
-                try? await database.raw("ROLLBACK").run()
+                // In a task of its own: a caller being cancelled (a command channel that closed) must not leave
+                // the transaction open on SQLite's one connection, where every later BEGIN would fail.
+                await Task { try? await database.raw("ROLLBACK").run() }.value
                 throw error
             }
         }
