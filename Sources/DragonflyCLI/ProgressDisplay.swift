@@ -66,7 +66,8 @@ final class ProgressDisplay: Sendable {
             share = peerBytes == nil ? " (" : " (peers \(percent(peers))%, "
             share += "origin \(percent(summary.originBytes))%, cache \(percent(summary.cachedBytes))%)"
         }
-        return "dragonfly: \(url) -> \(output ?? "standard output"): \(Self.bytes(summary.outputBytes)) in "
+        return
+            "dragonfly: \(Redaction.url(url)) -> \(output ?? "standard output"): \(Self.bytes(summary.outputBytes)) in "
             + "\(Self.seconds(seconds)) at \(Self.bytes(Int64(rate)))/s\(share), task \(summary.taskID.rawValue.prefix(12))"
     }
 

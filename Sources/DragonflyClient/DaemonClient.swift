@@ -82,7 +82,8 @@ package struct DaemonClient: Sendable {
                     guard let last, last.isDone else {
                         throw DragonflyError(
                             code: .internalError,
-                            message: "the daemon at \(socketPath) ended the download of \(url) without finishing it"
+                            message:
+                                "the daemon at \(socketPath) ended the download of \(Redaction.url(url)) without finishing it"
                         )
                     }
                     return last

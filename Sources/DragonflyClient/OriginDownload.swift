@@ -58,7 +58,7 @@ package struct OriginDownload: Sendable {
             guard !request.disableBackToSource else {
                 throw DragonflyError(
                     code: .unavailable,
-                    message: "no peer can serve \(request.url) and back-to-source is disabled"
+                    message: "no peer can serve \(Redaction.url(request.url)) and back-to-source is disabled"
                 )
             }
             let client: any SourceClient
@@ -73,7 +73,7 @@ package struct OriginDownload: Sendable {
                 _ = try await client.fetch(sourceRequest, range: range)
                 throw DragonflyError(
                     code: .originError,
-                    message: "range \(range) is beyond the end (\(length) bytes) of \(request.url)"
+                    message: "range \(range) is beyond the end (\(length) bytes) of \(Redaction.url(request.url))"
                 )
             }
             let pieceLength = request.pieceLength ?? PieceMath.pieceLength(forContentLength: metadata.contentLength)
@@ -148,7 +148,8 @@ package struct OriginDownload: Sendable {
                 }
                 guard let finalLength else {
                     throw DragonflyError(
-                        code: .internalError, message: "the origin did not report a length for \(request.url)")
+                        code: .internalError,
+                        message: "the origin did not report a length for \(Redaction.url(request.url))")
                 }
                 contentLength = finalLength
             } catch {
@@ -212,7 +213,8 @@ package struct OriginDownload: Sendable {
                         ready.insert(number)
                     } else {
                         throw DragonflyError(
-                            code: .internalError, message: "piece \(next) of \(request.url) never arrived")
+                            code: .internalError,
+                            message: "piece \(next) of \(Redaction.url(request.url)) never arrived")
                     }
                 }
                 return nil
@@ -220,7 +222,8 @@ package struct OriginDownload: Sendable {
             var summary: PieceFetchSummary?
             for try await result in group where result != nil { summary = result }
             guard let summary else {
-                throw DragonflyError(code: .internalError, message: "the download of \(request.url) ended early")
+                throw DragonflyError(
+                    code: .internalError, message: "the download of \(Redaction.url(request.url)) ended early")
             }
             return summary
         }

@@ -138,7 +138,8 @@ package final class DownloadConductor: TaskDownloading {
         }
         if let done = try await exportIfHeld(request, after: latest, progress: progress) { return done }
         throw DragonflyError(
-            code: .unavailable, message: "the download of \(request.url) ended with pieces still missing")
+            code: .unavailable, message: "the download of \(Redaction.url(request.url)) ended with pieces still missing"
+        )
     }
 
     /// Adds the pieces of a range request to the run's urgent pieces; false while the task's layout is unknown.

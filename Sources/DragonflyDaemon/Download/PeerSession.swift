@@ -350,7 +350,7 @@ final class SessionState {
             let status = error.statusCode
             throw DragonflyError(
                 code: .originError,
-                message: "the origin answered HTTP \(status) for \(run.request.url)"
+                message: "the origin answered HTTP \(status) for \(Redaction.url(run.request.url))"
                     + (error.message.isEmpty ? "" : ": \(error.message)"))
         case nil:
             break

@@ -58,7 +58,7 @@ struct TaskRun: Sendable {
             let reason = lastError.map { "no scheduler could serve it (\($0.message))" } ?? "no scheduler is configured"
             throw DragonflyError(
                 code: .unavailable,
-                message: "cannot download \(request.url): \(reason) and back-to-source is disabled")
+                message: "cannot download \(Redaction.url(request.url)): \(reason) and back-to-source is disabled")
         }
         logger.debug("downloading from the origin without a scheduler")
         var progress = RunProgress(taskID: taskID, hostID: context.identity.current?.hostID ?? "")
@@ -141,7 +141,8 @@ struct OriginReader: Sendable {
             // Let the origin answer the unsatisfiable range itself, so the caller sees its 416.
             _ = try await client.fetch(sourceRequest, range: range)
             throw DragonflyError(
-                code: .originError, message: "range \(range) is beyond the end (\(length) bytes) of \(request.url)")
+                code: .originError,
+                message: "range \(range) is beyond the end (\(length) bytes) of \(Redaction.url(request.url))")
         }
         let pieceLength = request.pieceLength ?? PieceMath.pieceLength(forContentLength: metadata.contentLength)
         var headers: [String: String] = [:]
@@ -163,7 +164,8 @@ struct OriginReader: Sendable {
             guard let info = store.taskInfo(taskID: run.taskID), info.pieceLength == pieceLength else {
                 throw DragonflyError(
                     code: .failedPrecondition,
-                    message: "the origin's layout of \(request.url) differs from the one the peers announced")
+                    message:
+                        "the origin's layout of \(Redaction.url(request.url)) differs from the one the peers announced")
             }
             heldBytes = info.heldBytes
             // Opened from the scheduler's layout: the privacy of this read is known only here.

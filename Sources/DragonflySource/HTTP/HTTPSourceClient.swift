@@ -156,7 +156,7 @@ package final class HTTPSourceClient: SourceClient {
             guard startsRight, endsInside else {
                 throw DragonflyError(
                     code: .originError,
-                    message: "origin answered range \(range) of \(request.url) with Content-Range "
+                    message: "origin answered range \(range) of \(Redaction.url(request.url)) with Content-Range "
                         + "'\(header ?? "")'")
             }
             isPartial = true
@@ -356,7 +356,7 @@ package final class HTTPSourceClient: SourceClient {
         let suffix = range.map { " (range \($0))" } ?? ""
         return DragonflyError(
             code: .originError,
-            message: "origin returned \(status.code) \(status.reasonPhrase) for \(url)\(suffix)",
+            message: "origin returned \(status.code) \(status.reasonPhrase) for \(Redaction.url(url))\(suffix)",
             cause: OriginResponseError(
                 status: Int(status.code),
                 reason: status.reasonPhrase,
@@ -373,10 +373,12 @@ package final class HTTPSourceClient: SourceClient {
             case .cancelled:
                 return CancellationError()
             case .invalidURL, .emptyHost, .emptyScheme:
-                return DragonflyError(code: .invalidArgument, message: "'\(url)' is not a valid URL", cause: error)
+                return DragonflyError(
+                    code: .invalidArgument, message: "'\(Redaction.url(url))' is not a valid URL", cause: error)
             case .redirectLimitReached, .redirectCycleDetected:
                 return DragonflyError(
-                    code: .originError, message: "origin redirects of \(url) loop or go on too long", cause: error)
+                    code: .originError, message: "origin redirects of \(Redaction.url(url)) loop or go on too long",
+                    cause: error)
             case .alreadyShutdown:
                 return DragonflyError(
                     code: .failedPrecondition, message: "the HTTP source client was shut down", cause: error)
