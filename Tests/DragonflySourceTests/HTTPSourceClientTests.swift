@@ -221,7 +221,8 @@ struct HTTPSourceClientTests {
             }
             #expect(error.code == .unavailable)
             #expect(error.message.contains("127.0.0.1"))
-            #expect(error.message.contains(url))
+            #expect(error.message.contains("127.0.0.1:\(port)"))
+            #expect(error.message.contains("connection refused"))
         }
     }
 

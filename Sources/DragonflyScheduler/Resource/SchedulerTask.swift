@@ -126,6 +126,13 @@ package struct SchedulerTask: Sendable {
     /// The origin readers that count: reading now, and not untrusted.
     package var activeReaders: Set<String> { backToSourcePeers.subtracting(untrustedReaders) }
 
+    /// Whether a trusted digest is known for every piece: then any holder may serve, since children verify each
+    /// piece against these digests and an untrusted reader's bytes either match them or are rejected.
+    package var hasEveryTrustedDigest: Bool {
+        guard let pieceCount else { return false }
+        return trustedDigests.count >= pieceCount
+    }
+
     /// Peers of the task that are still downloading (not finished, not reading the origin themselves).
     package var downloadingPeerIDs: [String] {
         peers.values.filter { !$0.stateMachine.isFinished && !backToSourcePeers.contains($0.id) }

@@ -219,9 +219,10 @@ package struct PeerScheduler<Random: RandomNumberGenerator & Sendable>: Sendable
             }
         }
         if decision == nil {
-            // A peer that read the origin untrusted holds bytes nobody vouched for: never a parent.
+            // A peer that read the origin untrusted holds bytes nobody vouched for: a parent only once every
+            // piece has a trusted digest to check its bytes against (e.g. the seed finished, then died).
             let parents = selector.selectParents(for: peer, in: task, hosts: hosts, using: &random)
-                .filter { !task.untrustedReaders.contains($0.peerID) }
+                .filter { !task.untrustedReaders.contains($0.peerID) || task.hasEveryTrustedDigest }
             if !parents.isEmpty {
                 setParents(parents, of: key)
                 return .parents(makeNormalPlan(parents: parents, task: task))
