@@ -113,12 +113,14 @@ struct GetOutputSafetyTests {
 
     @Test(arguments: Stop.allCases)
     func aStoppedGetNeverChangesItsDestination(stop: Stop) async throws {
-        let size = 8 << 20
+        let size = 32 << 20
         let content = GetNoDaemonTests.bytes(size, seed: 0x0D_0002)
         try await withNginxOrigin { origin in
             try origin.writeFile("blob.bin", contents: content)
-            // About 4 s in all: the stop lands in the middle.
-            let slow = origin.rateLimitedURL(for: "blob.bin", bytesPerSecond: 2 << 20)
+            // nginx limits each connection and the daemon reads 4 pieces of 4 MiB at once: its origin-bytes
+            // counter moves a piece at a time, to 50 % after about 8 s and 100 % after about 16 s, so a stop sent
+            // once it passes 30 % always lands in the middle (with 8 MiB both pieces finished together).
+            let slow = origin.rateLimitedURL(for: "blob.bin", bytesPerSecond: 512 << 10)
             try await withTemporaryDirectory { dir in
                 _ = try dir.makeDirectory("out")
                 let out = try dir.writeFile("out/blob.bin", text: "old\n")
