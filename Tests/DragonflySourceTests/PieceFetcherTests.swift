@@ -44,6 +44,40 @@ struct PieceFetcherTests {
         }
     }
 
+    /// Issue "Security, part 1", finding 11: a download of unknown length had no size cap, so an origin could fill
+    /// the disk. A stated length over the limit is refused before any GET; an unknown-length stream is cut off.
+    @Test func anObjectOverTheSizeLimitIsRefusedAndAnEndlessStreamIsCutOff() async throws {
+        let pieceLength = Self.mebibyte
+        let blob = randomBytes(count: 3 * pieceLength + 100, seed: 13)
+        try await withNginxOrigin { origin in
+            try origin.writeFile("big.bin", contents: blob)
+            try await withHTTPSource { client in
+                let request = SourceRequest(url: origin.url(for: "big.bin"))
+                let metadata = try await client.stat(request)
+                let fetcher = PieceFetcher(
+                    client: client, config: PieceFetcherConfig(maximumContentLength: Int64(2 * pieceLength)))
+                let stated = await #expect(throws: DragonflyError.self) {
+                    try await fetcher.fetch(
+                        request, metadata: metadata, pieceLength: Int64(pieceLength), consumer: PieceSink().consumer)
+                }
+                #expect(stated?.code == .resourceExhausted)
+                #expect(stated?.message.contains("download.maxContentLength") == true)
+                #expect(try origin.accessLog().filter { $0.method == "GET" }.isEmpty, "nothing was read")
+
+                var unknown = metadata
+                unknown.contentLength = nil
+                unknown.supportsRanges = false
+                let sink = PieceSink()
+                let streamed = await #expect(throws: DragonflyError.self) {
+                    try await fetcher.fetch(
+                        request, metadata: unknown, pieceLength: Int64(pieceLength), consumer: sink.consumer)
+                }
+                #expect(streamed?.code == .resourceExhausted)
+                #expect(sink.pieces.count <= 2, "at most the limit's pieces were kept")
+            }
+        }
+    }
+
     @Test func aSubsetFetchesOnlyThosePieces() async throws {
         let pieceLength = Self.mebibyte
         let blob = randomBytes(count: 10 * pieceLength + 12345, seed: 11)

@@ -102,6 +102,9 @@ package struct DaemonConfig: RoleConfiguration {
         package var seedsLast: Bool = true
         /// Requests in flight to one seed parent at once.
         package var seedRequestLimit: Int = 1
+        /// The largest object downloaded: a larger stated length is refused, a stream of unknown length is cut
+        /// off past it (an origin cannot fill the disk). 1 TiB by default.
+        package var maxContentLength: ByteSize = .gibibytes(1024)
         package init() {}
     }
 
@@ -255,6 +258,7 @@ package struct DaemonConfig: RoleConfiguration {
         try v.require((1...1024).contains(download.concurrentPieces), "download.concurrentPieces", "must be 1-1024")
         try v.require((1...64).contains(download.originConnections), "download.originConnections", "must be 1-64")
         try v.require((1...64).contains(download.seedRequestLimit), "download.seedRequestLimit", "must be 1-64")
+        try v.require(download.maxContentLength.bytes > 0, "download.maxContentLength", "must be positive")
         try v.require((0...100).contains(download.pieceRetryLimit), "download.pieceRetryLimit", "must be 0-100")
         try v.require((1...4096).contains(upload.slots), "upload.slots", "must be 1-4096")
         try v.require(

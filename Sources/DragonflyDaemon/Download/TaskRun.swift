@@ -207,7 +207,8 @@ struct OriginReader: Sendable {
                 concurrency: max(context.config.download.originConnections, 1),
                 rateLimiter: request.download.hasRateLimit && request.download.rateLimit > 0
                     ? TokenBucket(rate: Int64(clamping: request.download.rateLimit), burst: 1 << 20) : nil,
-                urgentPieces: { [urgent = run.urgent] in urgent.current }
+                urgentPieces: { [urgent = run.urgent] in urgent.current },
+                maximumContentLength: context.config.download.maxContentLength.bytes
             ),
             logger: context.logger
         )

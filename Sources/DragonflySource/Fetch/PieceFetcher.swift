@@ -17,14 +17,19 @@ package struct PieceFetcherConfig: Sendable {
     /// Pieces a caller is waiting for now: the next range request starts with the first queued run holding
     /// one of them (asked again before every request).
     package var urgentPieces: (@Sendable () -> Set<Int>)?
+    /// The largest object fetched: a larger stated length is refused before any byte is read, and a stream of
+    /// unknown length is cut off past it, so an origin cannot fill the disk (`download.maxContentLength`).
+    package var maximumContentLength: Int64
 
     package init(
         concurrency: Int = 4,
         retry: RetryPolicy = RetryPolicy(),
         maximumBytesPerRequest: Int64 = 64 << 20,
         rateLimiter: TokenBucket? = nil,
-        urgentPieces: (@Sendable () -> Set<Int>)? = nil
+        urgentPieces: (@Sendable () -> Set<Int>)? = nil,
+        maximumContentLength: Int64 = 1 << 40
     ) {
+        self.maximumContentLength = max(maximumContentLength, 0)
         self.concurrency = max(concurrency, 1)
         self.retry = retry
         self.maximumBytesPerRequest = max(maximumBytesPerRequest, 1)
@@ -104,6 +109,15 @@ package struct PieceFetcher: Sendable {
         self.logger = logger
     }
 
+    /// The error for an object larger than `limit` (`stated` when the origin said its length).
+    static func tooLarge(_ request: SourceRequest, limit: Int64, stated: Int64?) -> DragonflyError {
+        let size = stated.map { "is \($0) bytes" } ?? "sent more than \(limit) bytes"
+        return DragonflyError(
+            code: .resourceExhausted,
+            message: "\(Redaction.url(request.url)) \(size), more than the \(limit)-byte limit "
+                + "(download.maxContentLength)")
+    }
+
     /// Fetches `pieces` (all pieces when nil) of the object described by `metadata` and hands each to
     /// `consumer`.
     ///
@@ -126,6 +140,9 @@ package struct PieceFetcher: Sendable {
             throw DragonflyError(code: .invalidArgument, message: "piece length must be positive, not \(pieceLength)")
         }
         let length = metadata.contentLength
+        if let length, length > config.maximumContentLength {
+            throw Self.tooLarge(request, limit: config.maximumContentLength, stated: length)
+        }
         let pieceCount = length.map { Int(($0 + pieceLength - 1) / pieceLength) }
         if let pieces, let bad = pieces.first(where: { $0 < 0 || $0 >= (pieceCount ?? .max) }) {
             throw DragonflyError(
@@ -346,6 +363,9 @@ private struct FetchJob: Sendable {
             try await account(chunk)
             var chunk = chunk
             while chunk.readableBytes > 0 {
+                if total == nil, offset >= fetcher.config.maximumContentLength {
+                    throw PieceFetcher.tooLarge(request, limit: fetcher.config.maximumContentLength, stated: nil)
+                }
                 if let total, offset >= total {
                     throw DragonflyError(
                         code: .originError,
