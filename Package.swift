@@ -386,21 +386,5 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Hostile clients against real processes (issue "Security, part 1"): each finding's attack, and the
-        // normal flows in a hardened cluster. `DRAGONFLY_BIN=.build-release/release/dragonfly` runs them
-        // against the release binary.
-        .testTarget(
-            name: "DragonflySecurityTests",
-            dependencies: [
-                "DragonflyTestSupport", "DragonflyCore", "DragonflyStorage", "DragonflyProto", "DragonflyRPC",
-                .product(name: "GRPCCore", package: "grpc-swift-2"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: swiftSettings
-        ),
     ]
 )

@@ -1,13 +1,18 @@
 import DragonflyCore
+import DragonflyProto
+import DragonflyRPC
 import DragonflyTestSupport
 import Foundation
+import GRPCCore
+import Logging
 import NIOHTTP1
 import Testing
 
 /// The hardened configuration costs no function (issue "Security, part 1", acceptance): a manager, scheduler and
 /// seed peer sharing a cluster secret, real daemons and a real nginx. P2P of a private (credentialed) task works
 /// between daemons through the transfer grant while a stranger is refused the same pieces, and a preheat job
-/// goes manager → scheduler → seed peer with the secret on every hop.
+/// goes manager → scheduler → seed peer with the secret on every hop. A stranger can make no host read a local
+/// file or fetch for it.
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct SecureClusterTests {
     static let rootPassword = "root-password-for-secure-tests"
@@ -76,6 +81,61 @@ struct SecureClusterTests {
                 let guessed = try await curlRequest(
                     "http://\(piece)/pieces/\(id)/0", headers: [("X-Dragonfly-Transfer-Grant", "guessed")])
                 #expect(guessed.status == 403)
+            }
+        }
+    }
+
+    /// Finding 1 against real processes: before, a stranger's `Peer.DownloadTask` of `file:///etc/shadow` was read
+    /// into a cdn's cache and served on `:4005`, and any URL made the cdn fetch it (a relay). Finding 10: what the
+    /// cache holds is readable by the role's user only.
+    @Test func noStrangerMakesAHostReadALocalFileOrFetchForIt() async throws {
+        let blob = [UInt8](repeating: 0x5A, count: 1 << 20)
+        try await withNginxOrigin { origin in
+            try origin.writeFile("fetch.bin", contents: blob)
+            let url = origin.url(for: "fetch.bin")
+            try await withSecureCluster(seeds: 1, daemons: 1) { _, _, cluster in
+                let seed = cluster.seeds[0]
+                let daemon = cluster.daemons[0]
+                func download(_ target: ClusterNode, _ url: String, secret: String?) async throws -> RPCError.Code? {
+                    var options = CallOptions.defaults
+                    options.timeout = .seconds(30)
+                    var metadata = Metadata()
+                    if let secret { metadata.addString(secret, forKey: "x-dragonfly-cluster-secret") }
+                    var request = Dragonfly_V1_DownloadTaskRequest()
+                    request.download.url = url
+                    do {
+                        try await withRPCClient(target: target.grpcAddress, logger: Logger(label: "test")) { client in
+                            try await Dragonfly_V1_Peer.Client(wrapping: client).downloadTask(
+                                request, metadata: metadata, options: options
+                            ) { response in for try await _ in response.messages {} }
+                        }
+                        return nil
+                    } catch let error as RPCError {
+                        return error.code
+                    }
+                }
+                // The seed: nobody without the cluster secret may make it fetch anything …
+                #expect(try await download(seed, "file:///etc/shadow", secret: nil) == .permissionDenied)
+                #expect(try await download(seed, url, secret: nil) == .permissionDenied)
+                // … and even the secret's holders cannot make it read a local path.
+                #expect(try await download(seed, "file:///etc/shadow", secret: Self.secret) == .permissionDenied)
+                // A daemon without a secret (a lab host) still never reads a local path for the network.
+                #expect(try await download(daemon, "file:///etc/shadow", secret: nil) == .permissionDenied)
+                #expect(try await download(daemon, "file:///etc/passwd", secret: nil) == .permissionDenied)
+                #expect(try origin.accessLog().isEmpty, "no fetch reached the origin")
+
+                // A normal download, then the cache's files: directories 0700, data and metadata 0600.
+                let get = try await cluster.get(url: url, on: daemon, output: cluster.outputPath("fetch"))
+                #expect(get.exitCode == 0, "\(get.stderr)")
+                let tasks = daemon.directory + "/data/tasks"
+                let entries = try FileManager.default.subpathsOfDirectory(atPath: tasks)
+                #expect(!entries.isEmpty)
+                for entry in entries {
+                    let attributes = try FileManager.default.attributesOfItem(atPath: tasks + "/" + entry)
+                    let mode = (attributes[.posixPermissions] as? Int ?? 0) & 0o777
+                    let isDirectory = attributes[.type] as? FileAttributeType == .typeDirectory
+                    #expect(mode == (isDirectory ? 0o700 : 0o600), "\(entry) has mode \(String(mode, radix: 8))")
+                }
             }
         }
     }
