@@ -10,17 +10,21 @@ import Testing
 struct PreheatJobTests {
     static let rootPassword = "root-password-for-tests"
 
-    /// Runs a manager (SQLite) and a P2P cluster whose scheduler registers with it.
+    /// Runs a manager (SQLite) and a P2P cluster whose scheduler registers with it. With `clusterSecret`, the
+    /// manager, the scheduler and the seeds share it (daemons have none), as a production cluster does.
     func withManagedCluster(
         seeds: Int,
         daemons: Int,
+        clusterSecret: String? = nil,
         _ body: (ManagerAPIClient, String, P2PCluster) async throws -> Void
     ) async throws {
         try await withTemporaryDirectory { dir in
-            let arguments = [
+            let secured = clusterSecret.map { "security:\n  clusterSecret: \($0)\n" }
+            var arguments = [
                 "manager", "--data-dir", dir.appending("manager"), "--listen", "127.0.0.1:0", "--grpc-listen",
                 "127.0.0.1:0",
             ]
+            if let secured { arguments += ["--config", try dir.writeFile("manager.yaml", text: secured)] }
             try await withDragonfly(arguments, environment: ["DRAGONFLY_INITIAL_ROOT_PASSWORD": Self.rootPassword]) {
                 manager in
                 let ready = try await manager.awaitReady(timeLimit: .seconds(60))
@@ -28,7 +32,8 @@ struct PreheatJobTests {
                 let api = try ManagerAPIClient(ready)
                 defer { api.shutdown() }
                 try await withP2PCluster(
-                    schedulers: 1, seeds: seeds, daemons: daemons, schedulerArguments: ["--manager", grpc]
+                    schedulers: 1, seeds: seeds, daemons: daemons, seedConfigYAML: secured,
+                    schedulerConfigYAML: secured, schedulerArguments: ["--manager", grpc]
                 ) { cluster in
                     let session = try await api.signIn("root", Self.rootPassword)
                     try await poll(every: .milliseconds(200), timeLimit: .seconds(30), description: "scheduler active")

@@ -15,7 +15,6 @@ import Testing
 /// file or fetch for it.
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct SecureClusterTests {
-    static let rootPassword = "root-password-for-secure-tests"
     static let secret = "cluster-secret-for-tests-0123456789"
 
     /// A manager and a P2P cluster whose manager, scheduler and seeds share ``secret``; daemons have none.
@@ -24,33 +23,8 @@ struct SecureClusterTests {
         daemons: Int,
         _ body: (ManagerAPIClient, String, P2PCluster) async throws -> Void
     ) async throws {
-        try await withTemporaryDirectory { dir in
-            let managerConfig = try dir.writeFile("manager.yaml", text: "security:\n  clusterSecret: \(Self.secret)\n")
-            let arguments = [
-                "manager", "--config", managerConfig, "--data-dir", dir.appending("manager"), "--listen",
-                "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-            ]
-            try await withDragonfly(arguments, environment: ["DRAGONFLY_INITIAL_ROOT_PASSWORD": Self.rootPassword]) {
-                manager in
-                let ready = try await manager.awaitReady(timeLimit: .seconds(60))
-                let grpc = try #require(ready.listeners["grpc"])
-                let api = try ManagerAPIClient(ready)
-                defer { api.shutdown() }
-                let secured = "security:\n  clusterSecret: \(Self.secret)\n"
-                try await withP2PCluster(
-                    schedulers: 1, seeds: seeds, daemons: daemons, seedConfigYAML: secured,
-                    schedulerConfigYAML: secured, schedulerArguments: ["--manager", grpc]
-                ) { cluster in
-                    let session = try await api.signIn("root", Self.rootPassword)
-                    try await poll(every: .milliseconds(200), timeLimit: .seconds(30), description: "scheduler active")
-                    {
-                        let schedulers = try await api.call(.GET, "/api/v1/schedulers", token: session)
-                        return (schedulers.json.array ?? []).contains { $0["state"].string == "active" }
-                    }
-                    try await body(api, session, cluster)
-                }
-            }
-        }
+        try await PreheatJobTests().withManagedCluster(
+            seeds: seeds, daemons: daemons, clusterSecret: Self.secret, body)
     }
 
     @Test func aPrivateTaskGoesPeerToPeerWithItsGrantAndToNobodyElse() async throws {

@@ -16,24 +16,19 @@ import Darwin
 /// the read cannot be redirected afterwards by the caller. Anything else is refused, so nothing that arrives from
 /// the network makes the daemon read a local path it was not told to share.
 struct NetworkDownloadPolicy {
-    /// Schemes whose sources are reached over the network.
-    static let networkSchemes: Set<String> = ["http", "https", "s3", "hdfs", "oci", "hf", "modelscope"]
-
     let allowedFileDirectories: [String]
 
     /// The URL to download, or `permissionDenied` / `invalidArgument` naming why not.
     func check(_ url: String) throws(DragonflyError) -> String {
-        let parts = url.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-        guard parts.count == 2, parts[1].hasPrefix("//"), !parts[0].isEmpty else {
+        guard let scheme = NetworkSchemes.scheme(of: url) else {
             throw DragonflyError(code: .invalidArgument, message: "'\(Redaction.url(url))' is not a URL")
         }
-        let scheme = parts[0].lowercased()
-        if Self.networkSchemes.contains(scheme) { return url }
+        if NetworkSchemes.all.contains(scheme) { return url }
         guard scheme == "file" else {
             throw DragonflyError(
                 code: .permissionDenied, message: "downloads asked over the network cannot use scheme '\(scheme)'")
         }
-        var path = String(parts[1].dropFirst(2))
+        var path = String(url.dropFirst(scheme.utf8.count + 3))
         if let query = path.firstIndex(where: { $0 == "?" || $0 == "#" }) { path = String(path[..<query]) }
         if path.hasPrefix("localhost/") { path.removeFirst("localhost".count) }
         let refused = DragonflyError(

@@ -1,4 +1,5 @@
 package import DragonflyCore
+import DragonflyRPC
 import Synchronization
 
 /// The transfer grants a daemon learnt from its schedulers, per task (DESIGN §11; the stopgap of "Security,
@@ -7,7 +8,7 @@ import Synchronization
 /// A scheduler hands every peer it schedules for a task the task's grant (with its parents, or with the order
 /// to read the origin). A child presents it to its parents (`SyncPieces.transfer_grant`, the piece request's
 /// `X-Dragonfly-Transfer-Grant` header, `StatTask.transfer_grant`); a parent serves a **private** task (one
-/// first read with credentials, ``isPrivate(_:)``) only to a caller presenting a grant it holds itself for that
+/// first read with credentials, `TaskPrivacy`) only to a caller presenting a grant it holds itself for that
 /// task. Public tasks need no grant. A daemon that holds no grant for a private task (it restarted, or never
 /// registered it) serves it to nobody: it fails closed.
 ///
@@ -50,28 +51,14 @@ package final class TransferGrants: Sendable {
         guard !presented.isEmpty, presented.utf8.count <= Self.maximumGrantLength else { return false }
         let held = grants.withLock { $0.value(forKey: taskID) } ?? []
         var matched = false
-        for grant in held where Self.constantTimeEquals(grant, presented) { matched = true }
+        let bytes = Array(presented.utf8)
+        for grant in held where ClusterSecret.constantTimeEqual(Array(grant.utf8), bytes) { matched = true }
         return matched
     }
 
     /// Whether a caller presenting `presented` may be told about or served `taskID`, whose stored response
     /// headers are `headers`: always for a public task, only with a held grant for a private one.
     package func mayServe(_ taskID: TaskID, headers: [String: String], presented: String) -> Bool {
-        !Self.isPrivate(headers) || accepts(presented, for: taskID)
-    }
-
-    /// Whether stored task headers mark the task private (first read from the origin with credentials).
-    package static func isPrivate(_ headers: [String: String]) -> Bool {
-        headers[TaskPrivacy.header] != nil
-    }
-
-    /// Byte-wise comparison whose time depends only on the lengths.
-    package static func constantTimeEquals(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8)
-        let y = Array(b.utf8)
-        guard x.count == y.count else { return false }
-        var difference: UInt8 = 0
-        for index in x.indices { difference |= x[index] ^ y[index] }
-        return difference == 0
+        !TaskPrivacy.isPrivate(headers) || accepts(presented, for: taskID)
     }
 }

@@ -130,21 +130,11 @@ package final class SeedRoster: Sendable {
 /// A download asked over the network never reads a local path, so `file://` (and anything unknown) is refused.
 package enum ScheduledSchemes {
     /// Schemes a registration, seed trigger or preheat may name.
-    package static let allowed: Set<String> = ["http", "https", "s3", "hdfs", "oci", "hf", "modelscope"]
-
-    /// The lowercased scheme of `url`, or `nil` when it has none.
-    package static func scheme(of url: String) -> String? {
-        guard let range = url.firstRange(of: "://") else { return nil }
-        let scheme = url[..<range.lowerBound]
-        guard !scheme.isEmpty, scheme.utf8.count <= 32,
-            scheme.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "+" || $0 == "-" || $0 == ".") })
-        else { return nil }
-        return scheme.lowercased()
-    }
+    package static var allowed: Set<String> { NetworkSchemes.all }
 
     /// Whether `url` names a network source the scheduler may schedule.
     package static func isAllowed(_ url: String) -> Bool {
-        guard let scheme = scheme(of: url) else { return false }
+        guard let scheme = NetworkSchemes.scheme(of: url) else { return false }
         return allowed.contains(scheme)
     }
 
